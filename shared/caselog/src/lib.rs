@@ -1,1 +1,218 @@
-//! placeholder
+//! `casework-caselog` owns the per-case logs (DESIGN.md §3): appending a
+//! decision's events to one case all-or-nothing, guarded by the case's
+//! expected last sequence and deduplicated by event id; reading a case and
+//! its head; delivering events to durable consumers with explicit acks; and
+//! the stream configuration, capability checks and per-service permissions
+//! that make it safe. [`JetStreamLog`] is the real thing, [`MemoryLog`] its
+//! in-memory twin for unit tests, and [`conformance`] the one suite both must
+//! pass. It must not hold domain rules (that is `casework-domain`) nor know
+//! any service: it stores sealed envelopes and nothing else.
+//!
+//! Layout: `types` (keys, heads, stored events, deliveries), `memory`,
+//! `jetstream` (connection, streams, append, read, consume), `headers`
+//! (CloudEvents and traceparent), `permissions` (the broker-enforced writer
+//! scheme), `conformance` (the shared suite).
+
+pub mod conformance;
+pub mod headers;
+pub mod jetstream;
+pub mod memory;
+pub mod permissions;
+mod types;
+
+use async_trait::async_trait;
+pub use casework_domain as domain;
+use casework_domain::{ChainTip, NewEvent, SealedEvent};
+pub use jetstream::{
+    CASES_STREAM, ConsumerOptions, JetStreamLog, NatsOptions, StreamOptions, TIMERS_STREAM,
+};
+pub use memory::MemoryLog;
+pub use types::{Appended, CaseKey, Deliveries, Delivery, Head, StoredEvent};
+
+/// Everything that can go wrong with the per-case log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Someone else appended to the case first: reload, decide again.
+    #[error(
+        "conflict on case {case}: expected the log to end at stream sequence {expected}, but it has moved on"
+    )]
+    Conflict {
+        /// `tenant/case_id`.
+        case: String,
+        /// The stream sequence the append expected to be last.
+        expected: u64,
+    },
+    /// Input that is not valid (a bad token, an empty or mixed decision).
+    #[error(transparent)]
+    Invalid(#[from] casework_domain::Error),
+    /// This client tried to append events of a type it does not write.
+    #[error("{instance} writes {allowed} events only; refusing to append {event_type}")]
+    Forbidden {
+        /// The client's writer instance.
+        instance: String,
+        /// The writer this client is.
+        allowed: String,
+        /// The refused event type.
+        event_type: String,
+    },
+    /// The server lacks something Casework relies on.
+    #[error(
+        "nats-server {server_version} cannot be used: {missing}. Casework needs nats-server 2.12 or newer with JetStream enabled"
+    )]
+    Unsupported {
+        /// The version the server reported.
+        server_version: String,
+        /// What is missing.
+        missing: String,
+    },
+    /// An existing stream's configuration does not match the contract.
+    #[error("stream {stream} is misconfigured: {why}")]
+    Misconfigured {
+        /// Stream name.
+        stream: String,
+        /// What differs and how to fix it.
+        why: String,
+    },
+    /// A stored message that does not decode as an envelope.
+    #[error("stored event at stream sequence {stream_seq} ({subject}) is undecodable: {why}")]
+    Undecodable {
+        /// Where it is.
+        stream_seq: u64,
+        /// Its subject.
+        subject: String,
+        /// Why.
+        why: String,
+    },
+    /// The broker rejected the request.
+    #[error("JetStream refused: {description} (code {code})")]
+    Rejected {
+        /// JetStream error code.
+        code: u64,
+        /// The server's description.
+        description: String,
+    },
+    /// The outcome is unknown after every retry (timeouts, disconnects).
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
+    /// A NATS client error.
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+impl Error {
+    /// True for a conflict (someone else wrote first).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+}
+
+/// Result alias with the log's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The per-case log. Implementations: [`JetStreamLog`], [`MemoryLog`].
+#[async_trait]
+pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
+    /// Appends the events of one decision to `case`, all or nothing, only if
+    /// the case's log still ends at `after` (`None`: the log must be empty).
+    /// A retry of an append that already landed returns the landed position
+    /// with `already: true`; a different writer's append that got there
+    /// first is [`Error::Conflict`]. `traceparent` is the W3C trace context
+    /// to carry (a deterministic one derived from the correlation id is used
+    /// when `None`).
+    async fn append_traced(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        events: Vec<NewEvent>,
+        traceparent: Option<&str>,
+    ) -> Result<Appended>;
+
+    /// [`CaseLog::append_traced`] without a trace context.
+    async fn append(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        self.append_traced(case, after, events, None).await
+    }
+
+    /// The case's events in order, starting at stream sequence
+    /// `from_stream_seq` (0 or 1: the whole log). Fails with
+    /// [`Error::Undecodable`] if a stored message is not an envelope.
+    async fn read(&self, case: &CaseKey, from_stream_seq: u64) -> Result<Vec<StoredEvent>>;
+
+    /// The case's raw stored messages in stream order, for verification.
+    async fn read_raw(&self, case: &CaseKey) -> Result<Vec<casework_domain::RawEvent>>;
+
+    /// Where the case's log ends, or `None` for a case with no events.
+    async fn head(&self, case: &CaseKey) -> Result<Option<Head>>;
+
+    /// Delivers every event matching `filter` (a subject with NATS
+    /// wildcards, e.g. `case.*.*.intake.>`) to the durable consumer
+    /// `durable`, in stream order, starting after what it has acknowledged.
+    async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries>;
+}
+
+/// Seals `events` after `after`, checking the writer is `writer` (when this
+/// client is bound to one).
+pub(crate) fn seal_for(
+    case: &CaseKey,
+    after: Option<&Head>,
+    events: Vec<NewEvent>,
+    instance: &str,
+    writer: Option<casework_domain::Writer>,
+) -> Result<Vec<SealedEvent>> {
+    if let Some(w) = writer
+        && let Some(bad) = events.iter().find(|e| e.event_type().writer() != w)
+    {
+        return Err(Error::Forbidden {
+            instance: instance.to_owned(),
+            allowed: w.to_string(),
+            event_type: bad.event_type().to_string(),
+        });
+    }
+    let tip = after.map(Head::tip).unwrap_or(ChainTip::EMPTY);
+    Ok(casework_domain::seal(
+        &case.tenant,
+        &case.case_id,
+        instance,
+        tip,
+        events,
+    )?)
+}
+
+/// After a conflict (or a duplicate ack), checks whether these very events
+/// are already in the log right after `after` — a retry of an append whose
+/// first attempt landed — and if so returns where they are.
+pub(crate) async fn find_landed<L: CaseLog + ?Sized>(
+    log: &L,
+    case: &CaseKey,
+    after: Option<&Head>,
+    sealed: &[SealedEvent],
+) -> Result<Option<Appended>> {
+    let from = after.map(|h| h.stream_seq + 1).unwrap_or(0);
+    let events = log.read(case, from).await?;
+    let first_case_seq = sealed[0].case_seq;
+    let Some(start) = events
+        .iter()
+        .position(|e| e.envelope.sequence == first_case_seq)
+    else {
+        return Ok(None);
+    };
+    let ours = &events[start..];
+    if ours.len() < sealed.len()
+        || ours
+            .iter()
+            .zip(sealed)
+            .any(|(e, s)| e.envelope.event_id != s.event_id.as_str())
+    {
+        return Ok(None);
+    }
+    let last = &ours[sealed.len() - 1];
+    Ok(Some(Appended {
+        first_stream_seq: ours[0].stream_seq,
+        head: last.head(),
+        already: true,
+    }))
+}

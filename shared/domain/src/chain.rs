@@ -114,6 +114,13 @@ pub fn seal(
         });
     };
     let writer: Writer = first.event_type().writer();
+    let mut ids = std::collections::HashSet::new();
+    if let Some(dup) = events.iter().find(|e| !ids.insert(e.event_id.as_str())) {
+        return Err(Error::BadEvent {
+            event_type: dup.event_type().to_string(),
+            why: format!("event id {} appears twice in one decision", dup.event_id),
+        });
+    }
     let mut prev = tip.hash;
     let mut out = Vec::with_capacity(events.len());
     for (i, ev) in events.into_iter().enumerate() {
@@ -220,12 +227,28 @@ mod tests {
         assert_eq!(e1.prev_hash, GENESIS_HASH.to_vec());
         assert_eq!(e2.prev_hash, hash(&sealed[0].bytes).to_vec());
         assert_eq!(e2.writer, "intake");
-        assert_eq!(sealed[1].subject, "case.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.intake.promise_made");
+        assert_eq!(
+            sealed[1].subject,
+            "case.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.intake.promise_made"
+        );
 
-        let tip = ChainTip { case_seq: 2, hash: sealed[1].hash };
-        let next = seal(&t, &c, "intake-0", tip, vec![ev("c", Payload::CaseClosed(pb::CaseClosed::default()))]).unwrap();
+        let tip = ChainTip {
+            case_seq: 2,
+            hash: sealed[1].hash,
+        };
+        let next = seal(
+            &t,
+            &c,
+            "intake-0",
+            tip,
+            vec![ev("c", Payload::CaseClosed(pb::CaseClosed::default()))],
+        )
+        .unwrap();
         assert_eq!(next[0].case_seq, 3);
-        assert_eq!(decode(&next[0].bytes).unwrap().prev_hash, sealed[1].hash.to_vec());
+        assert_eq!(
+            decode(&next[0].bytes).unwrap().prev_hash,
+            sealed[1].hash.to_vec()
+        );
     }
 
     #[test]
@@ -236,7 +259,10 @@ mod tests {
             ev("a", Payload::CaseOpened(pb::CaseOpened::default())),
             ev("b", Payload::PromiseKept(pb::PromiseKept::default())),
         ];
-        assert!(matches!(seal(&t, &c, "x", ChainTip::EMPTY, mixed), Err(Error::BadEvent { .. })));
+        assert!(matches!(
+            seal(&t, &c, "x", ChainTip::EMPTY, mixed),
+            Err(Error::BadEvent { .. })
+        ));
         assert!(seal(&t, &c, "x", ChainTip::EMPTY, vec![]).is_err());
     }
 }

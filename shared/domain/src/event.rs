@@ -210,11 +210,17 @@ mod tests {
         let t = Tenant::parse("acme").unwrap();
         let c = CaseId::parse("01JD8X3V5R6M2Q4T7W9Y0Z1A2B").unwrap();
         let s = subject(&t, &c, EventType::StepCompleted);
-        assert_eq!(s, "case.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.fulfilment.step_completed");
+        assert_eq!(
+            s,
+            "case.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.fulfilment.step_completed"
+        );
         let p = parse_subject(&s).unwrap();
         assert_eq!(p.writer, Writer::Fulfilment);
         assert_eq!(p.event_type, EventType::StepCompleted);
-        assert_eq!(case_filter(&t, &c), "case.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.>");
+        assert_eq!(
+            case_filter(&t, &c),
+            "case.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.>"
+        );
         assert!(parse_subject("case.acme.x.intake.case_opened").is_err());
         assert!(parse_subject("cases.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.intake.case_opened").is_err());
     }

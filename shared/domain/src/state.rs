@@ -278,12 +278,12 @@ pub fn evolve(mut s: CaseState, e: &Envelope) -> CaseState {
                     Payload::CompensationProposed(c) => {
                         r.pending_compensations.push(c.compensation_id.clone())
                     }
-                    Payload::CompensationDeclined(c) => {
-                        r.pending_compensations.retain(|id| id != &c.compensation_id)
-                    }
-                    Payload::CompensationGranted(c) => {
-                        r.pending_compensations.retain(|id| id != &c.compensation_id)
-                    }
+                    Payload::CompensationDeclined(c) => r
+                        .pending_compensations
+                        .retain(|id| id != &c.compensation_id),
+                    Payload::CompensationGranted(c) => r
+                        .pending_compensations
+                        .retain(|id| id != &c.compensation_id),
                     _ => {}
                 }
             }
@@ -311,7 +311,9 @@ mod tests {
             case_id: "01JD8X3V5R6M2Q4T7W9Y0Z1A2B".into(),
             sequence: seq,
             event_type: crate::EventType::of(&payload).to_string(),
-            occurred_at: Some(timestamp(DateTime::from_timestamp(1_700_000_000 + seq as i64, 0).unwrap())),
+            occurred_at: Some(timestamp(
+                DateTime::from_timestamp(1_700_000_000 + seq as i64, 0).unwrap(),
+            )),
             payload: Some(payload),
             ..Default::default()
         }
@@ -322,7 +324,10 @@ mod tests {
         let deadline = DateTime::from_timestamp(1_700_010_000, 0).unwrap();
         // given the events so far / then the status
         let log = [
-            (Payload::CaseOpened(pb::CaseOpened::default()), CaseStatus::Open),
+            (
+                Payload::CaseOpened(pb::CaseOpened::default()),
+                CaseStatus::Open,
+            ),
             (
                 Payload::PromiseMade(pb::PromiseMade {
                     deadline: Some(timestamp(deadline)),
@@ -338,12 +343,21 @@ mod tests {
                 }),
                 CaseStatus::Fulfilling,
             ),
-            (Payload::FulfilmentFailed(pb::FulfilmentFailed::default()), CaseStatus::Failed),
             (
-                Payload::RecoveryStarted(pb::RecoveryStarted { recovery: 1, ..Default::default() }),
+                Payload::FulfilmentFailed(pb::FulfilmentFailed::default()),
+                CaseStatus::Failed,
+            ),
+            (
+                Payload::RecoveryStarted(pb::RecoveryStarted {
+                    recovery: 1,
+                    ..Default::default()
+                }),
                 CaseStatus::Recovering,
             ),
-            (Payload::RetryRequested(pb::RetryRequested::default()), CaseStatus::Open),
+            (
+                Payload::RetryRequested(pb::RetryRequested::default()),
+                CaseStatus::Open,
+            ),
             (
                 Payload::FulfilmentStarted(pb::FulfilmentStarted {
                     run: 2,
@@ -352,11 +366,29 @@ mod tests {
                 }),
                 CaseStatus::Fulfilling,
             ),
-            (Payload::PromiseKept(pb::PromiseKept::default()), CaseStatus::Kept),
-            (Payload::CustomerNotified(pb::CustomerNotified::default()), CaseStatus::Kept),
-            (Payload::CaseClosed(pb::CaseClosed { resolution: 2, ..Default::default() }), CaseStatus::Closed),
+            (
+                Payload::PromiseKept(pb::PromiseKept::default()),
+                CaseStatus::Kept,
+            ),
+            (
+                Payload::CustomerNotified(pb::CustomerNotified::default()),
+                CaseStatus::Kept,
+            ),
+            (
+                Payload::CaseClosed(pb::CaseClosed {
+                    resolution: 2,
+                    ..Default::default()
+                }),
+                CaseStatus::Closed,
+            ),
             // late feedback does not reopen a closed case
-            (Payload::FeedbackReceived(pb::FeedbackReceived { score: 1, ..Default::default() }), CaseStatus::Closed),
+            (
+                Payload::FeedbackReceived(pb::FeedbackReceived {
+                    score: 1,
+                    ..Default::default()
+                }),
+                CaseStatus::Closed,
+            ),
         ];
         let mut s = CaseState::default();
         for (i, (p, want)) in log.into_iter().enumerate() {
@@ -375,7 +407,13 @@ mod tests {
         let deadline = DateTime::from_timestamp(1_700_010_000, 0).unwrap();
         let s = CaseState::fold(&[
             env(1, Payload::CaseOpened(pb::CaseOpened::default())),
-            env(2, Payload::PromiseMade(pb::PromiseMade { deadline: Some(timestamp(deadline)), ..Default::default() })),
+            env(
+                2,
+                Payload::PromiseMade(pb::PromiseMade {
+                    deadline: Some(timestamp(deadline)),
+                    ..Default::default()
+                }),
+            ),
         ]);
         assert!(!s.is_breached(deadline - chrono::Duration::seconds(1)));
         assert!(s.is_breached(deadline));

@@ -32,7 +32,9 @@ impl Tenant {
             why: why.to_owned(),
         };
         if value.is_empty() {
-            return Err(bad("it is empty; give the tenant's short name, e.g. \"acme\""));
+            return Err(bad(
+                "it is empty; give the tenant's short name, e.g. \"acme\"",
+            ));
         }
         if value.len() > Self::MAX_LEN {
             return Err(bad("it is longer than 32 characters"));
@@ -86,7 +88,7 @@ fn parse_crockford(what: &'static str, value: &str) -> Result<String> {
     }
     if upper.as_bytes()[0] > b'7' {
         return Err(bad(
-            "the first character must be 0-7 (the id is 128 bits)".to_owned(),
+            "the first character must be 0-7 (the id is 128 bits)".to_owned()
         ));
     }
     Ok(upper)
@@ -185,10 +187,21 @@ mod tests {
             assert!(Tenant::parse(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "Acme", "1acme", "ac.me", "ac me", "a*", "a>", "acme_", &"a".repeat(33),
+            "",
+            "Acme",
+            "1acme",
+            "ac.me",
+            "ac me",
+            "a*",
+            "a>",
+            "acme_",
+            &"a".repeat(33),
         ] {
             assert!(
-                matches!(Tenant::parse(bad), Err(Error::InvalidToken { what: "tenant", .. })),
+                matches!(
+                    Tenant::parse(bad),
+                    Err(Error::InvalidToken { what: "tenant", .. })
+                ),
                 "{bad:?} should be refused"
             );
         }
@@ -217,7 +230,10 @@ mod tests {
         let a = CaseId::derive(&t, "order-1");
         assert_eq!(a, CaseId::derive(&t, "order-1"));
         assert_ne!(a, CaseId::derive(&t, "order-2"));
-        assert_ne!(a, CaseId::derive(&Tenant::parse("acme2").unwrap(), "order-1"));
+        assert_ne!(
+            a,
+            CaseId::derive(&Tenant::parse("acme2").unwrap(), "order-1")
+        );
         assert!(CaseId::parse(a.as_str()).is_ok());
         let e = EventId::derive(&a, "cause", "k");
         assert_eq!(e, EventId::derive(&a, "cause", "k"));

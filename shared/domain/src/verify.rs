@@ -74,7 +74,7 @@ impl Verification {
 }
 
 enum Item {
-    Good(Envelope),
+    Good(Box<Envelope>),
     Bad(BrokenLink),
 }
 
@@ -265,7 +265,7 @@ fn classify(tenant: &Tenant, case: &CaseId, r: &RawEvent) -> Item {
             parts.event_type.writer()
         ));
     }
-    Item::Good(env)
+    Item::Good(Box::new(env))
 }
 
 #[cfg(test)]
@@ -301,15 +301,24 @@ mod tests {
                 }),
             };
             let s = seal(&t, &c, "test", tip, vec![ev]).unwrap().remove(0);
-            tip = ChainTip { case_seq: s.case_seq, hash: s.hash };
-            out.push(RawEvent { stream_seq: 100 + i, subject: s.subject, bytes: s.bytes });
+            tip = ChainTip {
+                case_seq: s.case_seq,
+                hash: s.hash,
+            };
+            out.push(RawEvent {
+                stream_seq: 100 + i,
+                subject: s.subject,
+                bytes: s.bytes,
+            });
         }
         out
     }
 
     fn check(raw: &[RawEvent]) -> Option<(u64, LinkFault)> {
         let (t, c) = case();
-        verify(&t, &c, raw, None).first_break.map(|b| (b.case_seq, b.fault))
+        verify(&t, &c, raw, None)
+            .first_break
+            .map(|b| (b.case_seq, b.fault))
     }
 
     #[test]
@@ -327,30 +336,80 @@ mod tests {
     fn breaks_are_reported_at_the_right_place() {
         // given / when / then
         type Tamper = fn(&mut Vec<RawEvent>);
-        let cases: &[(&str, Tamper, Option<(u64, LinkFault)>)] = &[
-            ("altered summary byte in 3", |r| {
-                let b = &mut r[2].bytes;
-                let i = b.windows(6).position(|w| w == b"call 2").unwrap();
-                b[i + 5] = b'9';
-            }, Some((3, LinkFault::Altered))),
-            ("altered prev_hash of 4", |r| {
-                let h = hash(&r[2].bytes);
-                let b = &mut r[3].bytes;
-                let i = b.windows(32).position(|w| w == h).unwrap();
-                b[i] ^= 1;
-            }, Some((4, LinkFault::Altered))),
-            ("garbage in 2", |r| r[1].bytes = vec![0xff; 7], Some((2, LinkFault::Altered))),
-            ("dropped 4", |r| { r.remove(3); }, Some((4, LinkFault::Missing))),
-            ("dropped 2 and 3", |r| { r.drain(1..3); }, Some((2, LinkFault::Missing))),
-            ("dropped 1", |r| { r.remove(0); }, Some((1, LinkFault::Missing))),
-            ("swapped 3 and 4", |r| r.swap(2, 3), Some((3, LinkFault::Reordered))),
-            ("duplicated 2", |r| { let d = r[1].clone(); r.insert(2, d); }, Some((2, LinkFault::Reordered))),
-            ("foreign subject", |r| {
-                r[4].subject = r[4].subject.replace("acme", "evil");
-            }, Some((5, LinkFault::Foreign))),
-            ("wrong writer in subject", |r| {
-                r[1].subject = r[1].subject.replace(".intake.", ".recovery.");
-            }, Some((2, LinkFault::Foreign))),
+        type Want = Option<(u64, LinkFault)>;
+        let cases: &[(&str, Tamper, Want)] = &[
+            (
+                "altered summary byte in 3",
+                |r| {
+                    let b = &mut r[2].bytes;
+                    let i = b.windows(6).position(|w| w == b"call 2").unwrap();
+                    b[i + 5] = b'9';
+                },
+                Some((3, LinkFault::Altered)),
+            ),
+            (
+                "altered prev_hash of 4",
+                |r| {
+                    let h = hash(&r[2].bytes);
+                    let b = &mut r[3].bytes;
+                    let i = b.windows(32).position(|w| w == h).unwrap();
+                    b[i] ^= 1;
+                },
+                Some((4, LinkFault::Altered)),
+            ),
+            (
+                "garbage in 2",
+                |r| r[1].bytes = vec![0xff; 7],
+                Some((2, LinkFault::Altered)),
+            ),
+            (
+                "dropped 4",
+                |r| {
+                    r.remove(3);
+                },
+                Some((4, LinkFault::Missing)),
+            ),
+            (
+                "dropped 2 and 3",
+                |r| {
+                    r.drain(1..3);
+                },
+                Some((2, LinkFault::Missing)),
+            ),
+            (
+                "dropped 1",
+                |r| {
+                    r.remove(0);
+                },
+                Some((1, LinkFault::Missing)),
+            ),
+            (
+                "swapped 3 and 4",
+                |r| r.swap(2, 3),
+                Some((3, LinkFault::Reordered)),
+            ),
+            (
+                "duplicated 2",
+                |r| {
+                    let d = r[1].clone();
+                    r.insert(2, d);
+                },
+                Some((2, LinkFault::Reordered)),
+            ),
+            (
+                "foreign subject",
+                |r| {
+                    r[4].subject = r[4].subject.replace("acme", "evil");
+                },
+                Some((5, LinkFault::Foreign)),
+            ),
+            (
+                "wrong writer in subject",
+                |r| {
+                    r[1].subject = r[1].subject.replace(".intake.", ".recovery.");
+                },
+                Some((2, LinkFault::Foreign)),
+            ),
             ("untouched", |_| {}, None),
         ];
         for (name, tamper, want) in cases {
@@ -364,12 +423,19 @@ mod tests {
     fn an_anchor_covers_the_tail() {
         let (t, c) = case();
         let raw = log(5);
-        let anchor = ChainTip { case_seq: 5, hash: hash(&raw[4].bytes) };
+        let anchor = ChainTip {
+            case_seq: 5,
+            hash: hash(&raw[4].bytes),
+        };
         assert!(verify(&t, &c, &raw, Some(anchor)).is_intact());
         let b = verify(&t, &c, &raw[..4], Some(anchor)).first_break.unwrap();
         assert_eq!((b.case_seq, b.fault), (5, LinkFault::Missing));
         let mut altered = raw.clone();
-        let i = altered[4].bytes.windows(6).position(|w| w == b"call 4").unwrap();
+        let i = altered[4]
+            .bytes
+            .windows(6)
+            .position(|w| w == b"call 4")
+            .unwrap();
         altered[4].bytes[i + 5] = b'7';
         let b = verify(&t, &c, &altered, Some(anchor)).first_break.unwrap();
         assert_eq!((b.case_seq, b.fault), (5, LinkFault::Altered));

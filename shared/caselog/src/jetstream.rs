@@ -1,0 +1,777 @@
+//! The per-case log on NATS JetStream (DESIGN.md §3).
+//!
+//! - One stream, `CASES` (`case.>`), file storage, `deny_delete`,
+//!   `deny_purge`, a duplicate window, direct get, atomic batch publish, no
+//!   age or size limit; and `TIMERS` (`timer.>`), with message schedules,
+//!   for durable timers. Both are created or checked at start, and a server
+//!   that lacks what we rely on is refused with its version and the missing
+//!   capability.
+//! - An append carries exactly two guards: `Nats-Msg-Id` = event id, and the
+//!   case's expected last stream sequence over `case.<tenant>.<case_id>.>`.
+//!   A decision of several events is one atomic batch (`Nats-Batch-*`).
+//! - An ambiguous failure (timeout, disconnect) is retried with the same ids
+//!   and expectation. On current servers a retry whose first attempt landed
+//!   answers "wrong last sequence" (10071), not "duplicate": the conflict
+//!   path then reads the case after the expected head and recognises its own
+//!   event ids, so the retry neither duplicates nor loses an event.
+//! - Reads use batched direct gets (one round trip per 256 events).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use casework_domain::{NewEvent, RawEvent, SealedEvent, Writer};
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::headers::event_headers;
+use crate::types::Acker;
+use crate::{
+    Appended, CaseKey, CaseLog, Deliveries, Delivery, Error, Head, Result, StoredEvent,
+    find_landed, seal_for,
+};
+
+/// The stream of every case's log.
+pub const CASES_STREAM: &str = "CASES";
+/// The stream of durable timers (message schedules).
+pub const TIMERS_STREAM: &str = "TIMERS";
+/// Lowest server version Casework accepts (atomic batches and message
+/// schedules arrived in 2.12).
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+/// An atomic batch re-sent after it landed: its message ids are known.
+const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
+const READ_BATCH: usize = 256;
+const APPEND_ATTEMPTS: u32 = 6;
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated (e.g. `nats://127.0.0.1:4222`).
+    pub url: String,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// A `.creds` file (JWT + nkey), instead of user and password.
+    pub creds_file: Option<PathBuf>,
+    /// Connection name shown by the server (e.g. `intake-0`).
+    pub name: String,
+    /// Timeout of one request (publish ack, direct get).
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            user: None,
+            password: None,
+            creds_file: None,
+            name: "casework".to_owned(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Deployment settings of the streams.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Replicas (1 locally, 3 or 5 in a JetStream cluster).
+    pub replicas: usize,
+    /// How long JetStream remembers message ids for deduplication.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Settings of a durable consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// How long a delivery may stay unacknowledged before it comes again.
+    pub ack_wait: Duration,
+    /// Most deliveries in flight (unacknowledged) at once.
+    pub max_ack_pending: i64,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1024,
+        }
+    }
+}
+
+/// Connects to NATS with `opts`.
+pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
+    let mut c = async_nats::ConnectOptions::new()
+        .name(&opts.name)
+        .request_timeout(Some(opts.request_timeout));
+    if let Some(path) = &opts.creds_file {
+        c = c
+            .credentials_file(path)
+            .await
+            .map_err(|e| Error::Nats(format!("credentials file {}: {e}", path.display())))?;
+    } else if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
+        c = c.user_and_password(u.clone(), p.clone());
+    }
+    c.connect(opts.url.as_str())
+        .await
+        .map_err(|e| Error::Nats(format!("connecting to {}: {e}", opts.url)))
+}
+
+/// Parses `major.minor.patch` (ignoring any `-suffix`).
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().unwrap_or(Some(0))?))
+}
+
+/// Refuses a server older than [`MIN_SERVER_VERSION`].
+pub fn check_server_version(version: &str) -> Result<()> {
+    match parse_version(version) {
+        Some(v) if v >= MIN_SERVER_VERSION => Ok(()),
+        Some(_) => Err(Error::Unsupported {
+            server_version: version.to_owned(),
+            missing: "atomic batch publish and message schedules (added in 2.12)".to_owned(),
+        }),
+        None => Err(Error::Unsupported {
+            server_version: version.to_owned(),
+            missing: "a recognisable version number".to_owned(),
+        }),
+    }
+}
+
+/// The `CASES` stream configuration of DESIGN.md §3.
+pub fn cases_stream_config(opts: &StreamOptions) -> stream::Config {
+    stream::Config {
+        name: CASES_STREAM.to_owned(),
+        description: Some(
+            "Casework per-case logs: case.<tenant>.<case_id>.<writer>.<event_type>. Append-only audit log."
+                .to_owned(),
+        ),
+        subjects: vec!["case.>".to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        // Never drop old events to make room: refuse new ones instead.
+        discard: stream::DiscardPolicy::New,
+        max_messages: -1,
+        max_bytes: -1,
+        max_age: Duration::ZERO,
+        num_replicas: opts.replicas,
+        duplicate_window: opts.duplicate_window,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        ..Default::default()
+    }
+}
+
+/// The `TIMERS` stream configuration: durable timers as message schedules,
+/// never on `CASES`.
+pub fn timers_stream_config(opts: &StreamOptions) -> stream::Config {
+    stream::Config {
+        name: TIMERS_STREAM.to_owned(),
+        description: Some(
+            "Casework durable timers (message schedules): timer.<writer>.<kind>.<tenant>.<case_id>"
+                .to_owned(),
+        ),
+        subjects: vec!["timer.>".to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        num_replicas: opts.replicas,
+        duplicate_window: opts.duplicate_window,
+        allow_direct: true,
+        allow_rollup: true,
+        allow_message_schedules: true,
+        allow_message_ttl: true,
+        ..Default::default()
+    }
+}
+
+/// Checks an echoed stream configuration for what we rely on; the names of
+/// what is missing.
+fn missing_capabilities(want: &stream::Config, got: &stream::Config) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    let checks: [(&'static str, bool, bool); 6] = [
+        (
+            "allow_atomic (atomic batch publish)",
+            want.allow_atomic_publish,
+            got.allow_atomic_publish,
+        ),
+        (
+            "allow_msg_schedules (message schedules)",
+            want.allow_message_schedules,
+            got.allow_message_schedules,
+        ),
+        ("deny_delete", want.deny_delete, got.deny_delete),
+        ("deny_purge", want.deny_purge, got.deny_purge),
+        (
+            "allow_direct (direct get)",
+            want.allow_direct,
+            got.allow_direct,
+        ),
+        (
+            "allow_msg_ttl",
+            want.allow_message_ttl,
+            got.allow_message_ttl,
+        ),
+    ];
+    for (name, wanted, present) in checks {
+        if wanted && !present {
+            missing.push(name);
+        }
+    }
+    if got.storage != want.storage {
+        missing.push("file storage");
+    }
+    missing
+}
+
+/// Creates the streams, or checks existing ones, and refuses a server that
+/// lacks what Casework relies on.
+pub async fn ensure_streams(client: &async_nats::Client, opts: &StreamOptions) -> Result<()> {
+    let version = client.server_info().version;
+    check_server_version(&version)?;
+    let js = jetstream::new(client.clone());
+    for want in [cases_stream_config(opts), timers_stream_config(opts)] {
+        use jetstream::ErrorCode;
+        use jetstream::context::GetStreamErrorKind as K;
+        let (got, created) = match js.get_stream(&want.name).await {
+            Ok(s) => (s.cached_info().config.clone(), false),
+            Err(e) => match e.kind() {
+                K::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    let s = js
+                        .create_stream(want.clone())
+                        .await
+                        .map_err(|e| Error::Nats(format!("creating stream {}: {e}", want.name)))?;
+                    (s.cached_info().config.clone(), true)
+                }
+                K::JetStream(je)
+                    if je.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED
+                        || je.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
+                {
+                    return Err(Error::Unsupported {
+                        server_version: version.clone(),
+                        missing: "JetStream (start the server with -js or a jetstream block)"
+                            .to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(Error::Nats(format!(
+                        "looking up stream {}: {e} (is JetStream enabled on the server?)",
+                        want.name
+                    )));
+                }
+            },
+        };
+        let missing = missing_capabilities(&want, &got);
+        if !missing.is_empty() {
+            return Err(if created {
+                Error::Unsupported {
+                    server_version: version.clone(),
+                    missing: format!(
+                        "stream {} was created without {}",
+                        want.name,
+                        missing.join(", ")
+                    ),
+                }
+            } else {
+                Error::Misconfigured {
+                    stream: want.name.clone(),
+                    why: format!(
+                        "it lacks {}; update it (nats stream edit {}) or let Casework create it",
+                        missing.join(", "),
+                        want.name
+                    ),
+                }
+            });
+        }
+        if got.subjects != want.subjects {
+            return Err(Error::Misconfigured {
+                stream: want.name.clone(),
+                why: format!(
+                    "its subjects are {:?}, expected {:?}",
+                    got.subjects, want.subjects
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The per-case log on JetStream.
+#[derive(Debug, Clone)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    instance: String,
+    writer: Option<Writer>,
+    request_timeout: Duration,
+    consumer: ConsumerOptions,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PubReply {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    duplicate: bool,
+    error: Option<ApiError>,
+}
+
+enum PublishFailure {
+    Conflict,
+    Duplicate,
+    Ambiguous(String),
+    Fatal(Error),
+}
+
+impl JetStreamLog {
+    /// A log client over `client`. `instance` names this process in every
+    /// envelope; `writer`, when given, refuses other writers' events before
+    /// they reach the broker (the broker refuses them too, by permissions).
+    pub fn new(client: async_nats::Client, instance: &str, writer: Option<Writer>) -> Self {
+        Self {
+            js: jetstream::new(client.clone()),
+            client,
+            instance: instance.to_owned(),
+            writer,
+            request_timeout: Duration::from_secs(5),
+            consumer: ConsumerOptions::default(),
+        }
+    }
+
+    /// Sets the durable consumers' settings.
+    pub fn with_consumer_options(mut self, opts: ConsumerOptions) -> Self {
+        self.consumer = opts;
+        self
+    }
+
+    /// Sets the timeout of one request.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The underlying NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    fn headers_for(
+        &self,
+        case: &CaseKey,
+        s: &SealedEvent,
+        correlation: &str,
+        traceparent: Option<&str>,
+    ) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Msg-Id", s.event_id.as_str());
+        for (k, v) in event_headers(
+            case.tenant.as_str(),
+            case.case_id.as_str(),
+            s,
+            correlation,
+            traceparent,
+        ) {
+            h.insert(k, v.as_str());
+        }
+        h
+    }
+
+    async fn publish_once(
+        &self,
+        case: &CaseKey,
+        sealed: &[SealedEvent],
+        correlations: &[String],
+        expected: u64,
+        traceparent: Option<&str>,
+    ) -> std::result::Result<u64, PublishFailure> {
+        let filter = case.filter();
+        let batch_id = (sealed.len() > 1).then(|| ulid::Ulid::new().to_string());
+        let n = sealed.len();
+        for (i, (s, corr)) in sealed.iter().zip(correlations).enumerate() {
+            let mut h = self.headers_for(case, s, corr, traceparent);
+            if i == 0 {
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    expected.to_string().as_str(),
+                );
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    filter.as_str(),
+                );
+            }
+            if let Some(id) = &batch_id {
+                h.insert("Nats-Batch-Id", id.as_str());
+                h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+                if i + 1 == n {
+                    h.insert("Nats-Batch-Commit", "1");
+                }
+            }
+            let payload = bytes::Bytes::from(s.bytes.clone());
+            if i + 1 < n {
+                // Only the commit gets a reply.
+                self.client
+                    .publish_with_headers(s.subject.clone(), h, payload)
+                    .await
+                    .map_err(|e| PublishFailure::Ambiguous(e.to_string()))?;
+                continue;
+            }
+            let req = async_nats::Request::new()
+                .headers(h)
+                .payload(payload)
+                .timeout(Some(self.request_timeout));
+            let reply = match self.client.send_request(s.subject.clone(), req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    use async_nats::RequestErrorKind as K;
+                    return Err(match e.kind() {
+                        K::InvalidSubject | K::MaxPayloadExceeded => {
+                            PublishFailure::Fatal(Error::Nats(e.to_string()))
+                        }
+                        _ => PublishFailure::Ambiguous(e.to_string()),
+                    });
+                }
+            };
+            let parsed: PubReply = serde_json::from_slice(&reply.payload).map_err(|e| {
+                PublishFailure::Ambiguous(format!(
+                    "unreadable publish reply ({e}): {}",
+                    String::from_utf8_lossy(&reply.payload)
+                ))
+            })?;
+            if let Some(err) = parsed.error {
+                return Err(if err.err_code == WRONG_LAST_SEQUENCE {
+                    PublishFailure::Conflict
+                } else if err.err_code == BATCH_DUPLICATE_MSG_ID {
+                    PublishFailure::Duplicate
+                } else {
+                    PublishFailure::Fatal(Error::Rejected {
+                        code: err.err_code,
+                        description: err.description,
+                    })
+                });
+            }
+            if parsed.duplicate {
+                return Err(PublishFailure::Duplicate);
+            }
+            return Ok(parsed.seq);
+        }
+        unreachable!("a decision has at least one event")
+    }
+
+    /// One batched direct get: messages matching `filter` from `seq`.
+    async fn direct_batch(
+        &self,
+        filter: &str,
+        seq: u64,
+    ) -> Result<(Vec<(u64, String, bytes::Bytes)>, bool)> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let req =
+            serde_json::json!({ "seq": seq.max(1), "next_by_subj": filter, "batch": READ_BATCH });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{CASES_STREAM}"),
+                inbox,
+                req.to_string().into(),
+            )
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let mut out = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(self.request_timeout, sub.next())
+                .await
+                .map_err(|_| Error::Unavailable(format!("direct get of {filter} timed out")))?
+                .ok_or_else(|| Error::Unavailable("subscription closed".to_owned()))?;
+            let header = |k: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(k))
+                    .map(|v| v.as_str().to_owned())
+            };
+            match msg.status.map(|s| s.as_u16()) {
+                Some(404) => return Ok((out, false)),
+                Some(204) => {
+                    let pending: u64 = header("Nats-Num-Pending")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    return Ok((out, pending > 0));
+                }
+                Some(503) => {
+                    return Err(Error::Unavailable(
+                        "no responders for direct get (is the CASES stream there?)".to_owned(),
+                    ));
+                }
+                Some(code) => {
+                    return Err(Error::Rejected {
+                        code: code as u64,
+                        description: msg.description.unwrap_or_default(),
+                    });
+                }
+                None => {
+                    let s: u64 = header("Nats-Sequence")
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| {
+                            Error::Nats("direct get reply without Nats-Sequence".into())
+                        })?;
+                    let subject = header("Nats-Subject").unwrap_or_default();
+                    out.push((s, subject, msg.payload.clone()));
+                }
+            }
+        }
+    }
+
+    async fn read_messages(
+        &self,
+        case: &CaseKey,
+        from: u64,
+    ) -> Result<Vec<(u64, String, bytes::Bytes)>> {
+        let filter = case.filter();
+        let mut all = Vec::new();
+        let mut seq = from.max(1);
+        loop {
+            let (batch, more) = self.direct_batch(&filter, seq).await?;
+            if let Some(last) = batch.last() {
+                seq = last.0 + 1;
+            }
+            let got = batch.len();
+            all.extend(batch);
+            if !more || got == 0 {
+                return Ok(all);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CaseLog for JetStreamLog {
+    async fn append_traced(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        events: Vec<NewEvent>,
+        traceparent: Option<&str>,
+    ) -> Result<Appended> {
+        let correlations: Vec<String> = events.iter().map(|e| e.correlation_id.clone()).collect();
+        let sealed = seal_for(case, after, events, &self.instance, self.writer)?;
+        let expected = after.map_or(0, |h| h.stream_seq);
+        let mut last_error = String::new();
+        for attempt in 0..APPEND_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+            }
+            match self
+                .publish_once(case, &sealed, &correlations, expected, traceparent)
+                .await
+            {
+                Ok(last_seq) => {
+                    let last = sealed.last().expect("sealed is never empty");
+                    return Ok(Appended {
+                        first_stream_seq: last_seq + 1 - sealed.len() as u64,
+                        head: Head {
+                            stream_seq: last_seq,
+                            case_seq: last.case_seq,
+                            hash: last.hash,
+                            event_id: last.event_id.to_string(),
+                        },
+                        already: false,
+                    });
+                }
+                Err(PublishFailure::Conflict) => {
+                    return match find_landed(self, case, after, &sealed).await? {
+                        Some(a) => Ok(a),
+                        None => Err(Error::Conflict {
+                            case: case.to_string(),
+                            expected,
+                        }),
+                    };
+                }
+                Err(PublishFailure::Duplicate) => {
+                    return match find_landed(self, case, after, &sealed).await? {
+                        Some(a) => Ok(a),
+                        // Known ids that are not where this decision expected
+                        // them: the same decision landed elsewhere in the case.
+                        None => Err(Error::Conflict {
+                            case: case.to_string(),
+                            expected,
+                        }),
+                    };
+                }
+                Err(PublishFailure::Fatal(e)) => return Err(e),
+                Err(PublishFailure::Ambiguous(e)) => {
+                    tracing::warn!(case = %case, attempt, error = %e, "append outcome unknown; retrying");
+                    last_error = e;
+                }
+            }
+        }
+        // Every attempt was ambiguous: one last look before giving up.
+        if let Ok(Some(a)) = find_landed(self, case, after, &sealed).await {
+            return Ok(a);
+        }
+        Err(Error::Unavailable(format!(
+            "append to {case} failed after {APPEND_ATTEMPTS} attempts: {last_error}"
+        )))
+    }
+
+    async fn read(&self, case: &CaseKey, from_stream_seq: u64) -> Result<Vec<StoredEvent>> {
+        self.read_messages(case, from_stream_seq)
+            .await?
+            .into_iter()
+            .map(|(seq, subject, bytes)| StoredEvent::decode(seq, subject, bytes))
+            .collect()
+    }
+
+    async fn read_raw(&self, case: &CaseKey) -> Result<Vec<RawEvent>> {
+        Ok(self
+            .read_messages(case, 1)
+            .await?
+            .into_iter()
+            .map(|(stream_seq, subject, bytes)| RawEvent {
+                stream_seq,
+                subject,
+                bytes: bytes.to_vec(),
+            })
+            .collect())
+    }
+
+    async fn head(&self, case: &CaseKey) -> Result<Option<Head>> {
+        let req = serde_json::json!({ "last_by_subj": case.filter() });
+        let msg = self
+            .client
+            .send_request(
+                format!("$JS.API.DIRECT.GET.{CASES_STREAM}"),
+                async_nats::Request::new()
+                    .payload(req.to_string().into())
+                    .timeout(Some(self.request_timeout)),
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("reading the head of {case}: {e}")))?;
+        match msg.status.map(|s| s.as_u16()) {
+            Some(404) => Ok(None),
+            Some(code) => Err(Error::Rejected {
+                code: code as u64,
+                description: msg.description.unwrap_or_default(),
+            }),
+            None => {
+                let h = msg.headers.as_ref();
+                let seq: u64 = h
+                    .and_then(|h| h.get("Nats-Sequence"))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .ok_or_else(|| Error::Nats("direct get reply without Nats-Sequence".into()))?;
+                let subject = h
+                    .and_then(|h| h.get("Nats-Subject"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                Ok(Some(StoredEvent::decode(seq, subject, msg.payload)?.head()))
+            }
+        }
+    }
+
+    async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries> {
+        let stream = self
+            .js
+            .get_stream_no_info(CASES_STREAM)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let mut consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.to_owned()),
+                    filter_subject: filter.to_owned(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.consumer.ack_wait,
+                    max_ack_pending: self.consumer.max_ack_pending,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::Nats(format!("consumer {durable}: {e}")))?;
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        if info.config.filter_subject != filter {
+            return Err(Error::Rejected {
+                code: 10148,
+                description: format!(
+                    "consumer {durable} exists with filter {:?}, not {filter:?}; delete it or use another name",
+                    info.config.filter_subject
+                ),
+            });
+        }
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        Ok(Box::pin(messages.map(|m| {
+            let m = m.map_err(|e| Error::Nats(e.to_string()))?;
+            let info = m.info().map_err(|e| Error::Nats(e.to_string()))?;
+            let (stream_seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u64);
+            Ok(Delivery {
+                stream_seq,
+                subject: m.subject.to_string(),
+                bytes: m.payload.clone(),
+                delivered,
+                acker: Acker::Nats(Box::new(m)),
+            })
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.12.0-beta.1"), Some((2, 12, 0)));
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("2.12.0").is_ok());
+        for old in ["2.11.9", "2.10.22", "1.4.0", "garbage"] {
+            let e = check_server_version(old).unwrap_err();
+            assert!(matches!(e, Error::Unsupported { .. }), "{old}");
+            assert!(e.to_string().contains(old), "names the version: {e}");
+        }
+    }
+
+    #[test]
+    fn an_echo_without_atomic_batches_is_reported() {
+        let want = cases_stream_config(&StreamOptions::default());
+        let mut echoed = want.clone();
+        echoed.allow_atomic_publish = false;
+        assert_eq!(
+            missing_capabilities(&want, &echoed),
+            vec!["allow_atomic (atomic batch publish)"]
+        );
+        assert!(missing_capabilities(&want, &want).is_empty());
+    }
+}
