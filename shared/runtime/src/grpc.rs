@@ -1,0 +1,75 @@
+//! The gRPC server of a service: its own services plus the standard health
+//! service (`grpc.health.v1`) and reflection, with graceful shutdown.
+
+use std::net::SocketAddr;
+
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+
+use crate::Shutdown;
+
+/// A gRPC server being assembled.
+#[derive(Debug)]
+pub struct GrpcServer {
+    routes: Routes,
+    /// Sets the serving status of each service for the health service.
+    pub health: HealthReporter,
+}
+
+impl Default for GrpcServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcServer {
+    /// A server with health and reflection.
+    pub fn new() -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(casework_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor sets are valid");
+        let routes = Routes::new(health_service).add_service(reflection);
+        Self { routes, health }
+    }
+
+    /// Adds a service.
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tonic::codegen::Service<
+                tonic::codegen::http::Request<tonic::body::Body>,
+                Response = tonic::codegen::http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(svc);
+        self
+    }
+
+    /// Binds `listen` and serves until `shutdown`; returns the bound address.
+    pub async fn serve(self, listen: SocketAddr, shutdown: Shutdown) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let routes = self.routes;
+        tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        });
+        Ok(addr)
+    }
+}

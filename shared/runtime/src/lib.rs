@@ -1,0 +1,60 @@
+//! `casework-runtime` is the shell every Casework service shares, so that a
+//! service crate holds only its own rules: typed options (defaults → file →
+//! `CASEWORK_*` env), injected shutdown, redb helpers, the gRPC server with
+//! the standard health service and reflection, `/healthz` `/readyz`
+//! `/metrics`, connecting to NATS with the service's own credentials, durable
+//! timers on the `TIMERS` stream, and the reconcile loop (deliveries → load
+//! → decide → append → effects → ack, with parking of undecidable cases). It
+//! must not know any service's domain rules, and never depends on a
+//! service crate.
+//!
+//! Layout: `options`, `shutdown`, `store` (redb), `http` (health, readiness,
+//! metrics), `grpc`, `nats` (connect + log), `timers`, `reconcile`.
+
+pub mod grpc;
+pub mod http;
+pub mod nats;
+pub mod options;
+pub mod reconcile;
+pub mod shutdown;
+pub mod store;
+pub mod timers;
+
+pub use options::{LogFormat, NatsSettings, Options, OptionsError, TelemetrySettings, Validate};
+pub use shutdown::Shutdown;
+
+/// Sets up `tracing` logs per the telemetry settings (once per process; later
+/// calls are ignored, so `casectl dev` can run several services).
+pub fn init_logging(t: &TelemetrySettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("CASEWORK_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::try_new(&t.log_filter).unwrap_or_else(|_| EnvFilter::new("info"))
+        });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match t.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Loads the catalogue versions named by the options (files or
+/// directories), or the built-in sample when none are given.
+pub fn load_catalogs(paths: &[std::path::PathBuf]) -> anyhow::Result<casework_catalog::Catalogs> {
+    if paths.is_empty() {
+        return Ok(casework_catalog::Catalogs::new([
+            casework_catalog::sample(),
+        ])?);
+    }
+    let mut all = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            all.extend(casework_catalog::Catalogs::load_dir(p)?.iter().cloned());
+        } else {
+            all.push(casework_catalog::Catalog::load(p)?);
+        }
+    }
+    Ok(casework_catalog::Catalogs::new(all)?)
+}

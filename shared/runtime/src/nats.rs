@@ -1,0 +1,61 @@
+//! Connecting a service to NATS with its own credentials, checking the
+//! streams, and building its per-case log client.
+
+use std::time::Duration;
+
+use casework_caselog::jetstream::{self, NatsOptions, StreamOptions};
+use casework_caselog::{JetStreamLog, domain::Writer};
+
+use crate::options::NatsSettings;
+
+/// Connects as `name` and makes sure the streams exist with the contract's
+/// configuration (refusing a server that cannot hold it).
+pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = if let Some(ca) = &settings.tls_ca_file {
+        // TLS: the server must present a certificate signed by this CA.
+        let mut c = async_nats::ConnectOptions::new()
+            .name(name)
+            .request_timeout(Some(Duration::from_millis(settings.request_timeout_ms)))
+            .add_root_certificates(ca.clone())
+            .require_tls(true);
+        if let (Some(u), Some(p)) = (&settings.user, &settings.password) {
+            c = c.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(creds) = &settings.creds_file {
+            c = c.credentials_file(creds).await?;
+        }
+        c.connect(settings.url.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {} over TLS: {e}", settings.url))?
+    } else {
+        jetstream::connect(&NatsOptions {
+            url: settings.url.clone(),
+            user: settings.user.clone(),
+            password: settings.password.clone(),
+            creds_file: settings.creds_file.clone(),
+            name: name.to_owned(),
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        })
+        .await?
+    };
+    jetstream::ensure_streams(
+        &client,
+        &StreamOptions {
+            replicas: settings.stream_replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(client)
+}
+
+/// The per-case log client of `writer` (or a reader when `None`).
+pub fn log(
+    client: &async_nats::Client,
+    settings: &NatsSettings,
+    instance: &str,
+    writer: Option<Writer>,
+) -> JetStreamLog {
+    JetStreamLog::new(client.clone(), instance, writer)
+        .with_request_timeout(Duration::from_millis(settings.request_timeout_ms))
+}

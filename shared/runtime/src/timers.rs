@@ -1,0 +1,110 @@
+//! Durable timers on the broker (DESIGN.md §3): a timer is a JetStream
+//! message schedule on the `TIMERS` stream (never on `CASES`). Scheduling
+//! publishes to `timer.<writer>.sched.<kind>.<tenant>.<case_id>` with
+//! `Nats-Schedule: @at <RFC 3339>` and a target of
+//! `timer.<writer>.fire.<kind>.<tenant>.<case_id>`; at its time the server
+//! publishes the fire message, which the service's durable consumer
+//! delivers to the reconcile loop. One schedule per subject: scheduling the
+//! same (kind, case) again replaces the earlier time. Timers survive the
+//! crash of any process (they are stored by the broker with the stream's
+//! durability) and are level-triggered: a fire only wakes the case, whose
+//! state decides whether anything is due — so a stale or early fire is
+//! harmless.
+
+use async_nats::HeaderMap;
+use casework_caselog::CaseKey;
+use casework_caselog::domain::Writer;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// Schedules timers for one writer.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    client: async_nats::Client,
+    writer: Writer,
+}
+
+/// A parsed fire subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fire {
+    /// The timer kind (e.g. `deadline`, `step`).
+    pub kind: String,
+    /// The case to wake.
+    pub case: CaseKey,
+}
+
+impl Timers {
+    /// Timers of `writer`, on `client` (whose user may publish
+    /// `timer.<writer>.>`).
+    pub fn new(client: async_nats::Client, writer: Writer) -> Self {
+        Self { client, writer }
+    }
+
+    /// The filter of this writer's fire messages.
+    pub fn fire_filter(&self) -> String {
+        format!("timer.{}.fire.>", self.writer)
+    }
+
+    /// Schedules (or moves) the `kind` timer of `case` to `at`. `kind` is a
+    /// token of `[a-z0-9_]`.
+    pub async fn schedule(
+        &self,
+        kind: &str,
+        case: &CaseKey,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !kind.is_empty()
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "timer kind {kind:?} must be a token of a-z, 0-9 and _"
+        );
+        let w = self.writer;
+        let subject = format!("timer.{w}.sched.{kind}.{}.{}", case.tenant, case.case_id);
+        let target = format!("timer.{w}.fire.{kind}.{}.{}", case.tenant, case.case_id);
+        // Second precision; a time in the past fires at once.
+        let at = at.max(Utc::now());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Nats-Schedule",
+            format!("@at {}", at.to_rfc3339_opts(SecondsFormat::Secs, true)).as_str(),
+        );
+        h.insert("Nats-Schedule-Target", target.as_str());
+        h.insert("Nats-Rollup", "sub");
+        let reply = self
+            .client
+            .request_with_headers(subject, h, bytes::Bytes::new())
+            .await
+            .map_err(|e| anyhow::anyhow!("scheduling {kind} timer of {case}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| {
+            anyhow::anyhow!("scheduling {kind} timer of {case}: unreadable reply ({e})")
+        })?;
+        if let Some(err) = v.get("error") {
+            anyhow::bail!("scheduling {kind} timer of {case}: {err}");
+        }
+        Ok(())
+    }
+
+    /// Parses a fire subject of this writer.
+    pub fn parse_fire(&self, subject: &str) -> Option<Fire> {
+        let mut it = subject.split('.');
+        let (Some("timer"), Some(w), Some("fire"), Some(kind), Some(t), Some(c), None) = (
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+        ) else {
+            return None;
+        };
+        if w != self.writer.as_str() {
+            return None;
+        }
+        Some(Fire {
+            kind: kind.to_owned(),
+            case: CaseKey::parse(t, c).ok()?,
+        })
+    }
+}
