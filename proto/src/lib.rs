@@ -15,6 +15,34 @@ pub mod events {
     }
 }
 
+/// The front stage's gRPC API.
+pub mod intake {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/casework.intake.v1.rs"));
+    }
+}
+
+/// The back stage's gRPC API (external workers, manual steps).
+pub mod fulfilment {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/casework.fulfilment.v1.rs"));
+    }
+}
+
+/// Service recovery's gRPC API (approvals, open recoveries).
+pub mod recovery {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/casework.recovery.v1.rs"));
+    }
+}
+
+/// The ledger's gRPC API (history, replay, verify, export, subscribe).
+pub mod ledger {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/casework.ledger.v1.rs"));
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Casework `.proto` file, for gRPC
 /// reflection and for tools that decode events without our code.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -78,6 +78,39 @@ where
     retry_of_a_landed_append_is_recognised(make().await).await;
     batch_reaches_a_consumer_as_consecutive_events(make().await).await;
     racing_writers(Arc::new(make().await), 4, 25).await;
+    tail_follows_from_a_position(make().await).await;
+}
+
+/// `tail` delivers every matching event from a stream sequence on, in order,
+/// including ones appended while it runs; `last_stream_seq` tells where the
+/// log ends.
+pub async fn tail_follows_from_a_position<L: CaseLog>(log: L) {
+    let case = new_case("conformance");
+    let a = log.append(&case, None, opening(&case)).await.unwrap();
+    let b = log
+        .append(&case, Some(&a.head), vec![interaction(&case, "t1")])
+        .await
+        .unwrap();
+    assert!(log.last_stream_seq().await.unwrap() >= b.head.stream_seq);
+    let mut tail = log.tail(&case.filter(), a.head.stream_seq).await.unwrap();
+    let d = next_delivery(&mut tail).await;
+    assert_eq!(
+        d.stream_seq, a.head.stream_seq,
+        "starts at the given position"
+    );
+    assert_eq!(next_delivery(&mut tail).await.stream_seq, b.head.stream_seq);
+    let c = log
+        .append(
+            &case,
+            Some(&b.head),
+            vec![interaction(&case, "t2"), interaction(&case, "t3")],
+        )
+        .await
+        .unwrap();
+    let d = next_delivery(&mut tail).await;
+    assert_eq!(d.stream_seq, c.first_stream_seq, "live events follow");
+    assert_eq!(d.decode().unwrap().envelope.sequence, 4);
+    assert_eq!(next_delivery(&mut tail).await.stream_seq, c.head.stream_seq);
 }
 
 /// Appends a 2-event decision and a 1-event decision, reads them back whole

@@ -744,6 +744,49 @@ impl CaseLog for JetStreamLog {
             })
         })))
     }
+
+    async fn tail(&self, filter: &str, from_stream_seq: u64) -> Result<Deliveries> {
+        let stream = self
+            .js
+            .get_stream_no_info(CASES_STREAM)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_stream_seq.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Nats(format!("tail of {filter}: {e}")))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        Ok(Box::pin(messages.map(|m| {
+            let m = m.map_err(|e| Error::Nats(e.to_string()))?;
+            let info = m.info().map_err(|e| Error::Nats(e.to_string()))?;
+            let stream_seq = info.stream_sequence;
+            Ok(Delivery {
+                stream_seq,
+                subject: m.subject.to_string(),
+                bytes: m.payload.clone(),
+                delivered: 1,
+                acker: Acker::None,
+            })
+        })))
+    }
+
+    async fn last_stream_seq(&self) -> Result<u64> {
+        let stream = self
+            .js
+            .get_stream(CASES_STREAM)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
 }
 
 #[cfg(test)]

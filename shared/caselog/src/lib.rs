@@ -152,6 +152,16 @@ pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
     /// wildcards, e.g. `case.*.*.intake.>`) to the durable consumer
     /// `durable`, in stream order, starting after what it has acknowledged.
     async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries>;
+
+    /// Follows every event matching `filter` from stream sequence
+    /// `from_stream_seq` on, in order, live, with no server-side state (an
+    /// ordered ephemeral consumer): for read models that keep their own
+    /// checkpoint, archives and subscriptions. Acks are no-ops.
+    async fn tail(&self, filter: &str, from_stream_seq: u64) -> Result<Deliveries>;
+
+    /// The stream sequence of the last message in the log (0 when empty):
+    /// how far a catching-up reader has to go.
+    async fn last_stream_seq(&self) -> Result<u64>;
 }
 
 /// Seals `events` after `after`, checking the writer is `writer` (when this

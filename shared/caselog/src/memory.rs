@@ -292,6 +292,51 @@ impl CaseLog for MemoryLog {
         });
         Ok(Box::pin(stream))
     }
+
+    async fn tail(&self, filter: &str, from_stream_seq: u64) -> Result<Deliveries> {
+        Ok(self.tail_stream(filter.to_owned(), from_stream_seq))
+    }
+
+    async fn last_stream_seq(&self) -> Result<u64> {
+        Ok(self.inner.lock().expect("memory log lock").messages.len() as u64)
+    }
+}
+
+impl MemoryLog {
+    fn tail_stream(&self, filter: String, from: u64) -> Deliveries {
+        let inner = self.inner.clone();
+        let notify = self.notify.clone();
+        Box::pin(futures::stream::unfold(from.max(1), move |next_seq| {
+            let inner = inner.clone();
+            let notify = notify.clone();
+            let filter = filter.clone();
+            async move {
+                loop {
+                    let waiter = notify.notified();
+                    let found = {
+                        let inner = inner.lock().expect("memory log lock");
+                        inner
+                            .messages
+                            .iter()
+                            .skip((next_seq - 1) as usize)
+                            .find(|m| subject_matches(&filter, &m.subject))
+                            .cloned()
+                    };
+                    if let Some(m) = found {
+                        let d = Delivery {
+                            stream_seq: m.seq,
+                            subject: m.subject,
+                            bytes: m.bytes,
+                            delivered: 1,
+                            acker: Acker::None,
+                        };
+                        return Some((Ok(d), m.seq + 1));
+                    }
+                    waiter.await;
+                }
+            }
+        }))
+    }
 }
 
 #[cfg(test)]

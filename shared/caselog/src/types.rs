@@ -141,6 +141,7 @@ pub(crate) enum AckKind {
 pub(crate) enum Acker {
     Nats(Box<async_nats::jetstream::Message>),
     Memory(MemoryAck),
+    None,
 }
 
 /// One event delivered to a durable consumer. Acknowledge it only once its
@@ -206,6 +207,7 @@ impl Delivery {
                 f(kind);
                 Ok(())
             }
+            Acker::None => Ok(()),
         }
     }
 

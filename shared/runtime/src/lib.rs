@@ -58,3 +58,25 @@ pub fn load_catalogs(paths: &[std::path::PathBuf]) -> anyhow::Result<casework_ca
     }
     Ok(casework_catalog::Catalogs::new(all)?)
 }
+
+/// A started service: where it listens, and the task that ends when it has
+/// shut down.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound gRPC address.
+    pub grpc: std::net::SocketAddr,
+    /// The bound HTTP address (`/healthz`, `/readyz`, `/metrics`).
+    pub http: std::net::SocketAddr,
+    /// Ends when the service has stopped (after shutdown, or on a fatal
+    /// error).
+    pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the service has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done
+            .await
+            .map_err(|e| anyhow::anyhow!("service task failed: {e}"))?
+    }
+}
