@@ -312,6 +312,13 @@ pub async fn ensure_streams(client: &async_nats::Client, opts: &StreamOptions) -
     Ok(())
 }
 
+fn traceparent_of(m: &jetstream::Message) -> Option<String> {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned())
+}
+
 /// The per-case log on JetStream.
 #[derive(Debug, Clone)]
 pub struct JetStreamLog {
@@ -740,6 +747,7 @@ impl CaseLog for JetStreamLog {
                 subject: m.subject.to_string(),
                 bytes: m.payload.clone(),
                 delivered,
+                traceparent: traceparent_of(&m),
                 acker: Acker::Nats(Box::new(m)),
             })
         })))
@@ -774,6 +782,7 @@ impl CaseLog for JetStreamLog {
                 subject: m.subject.to_string(),
                 bytes: m.payload.clone(),
                 delivered: 1,
+                traceparent: traceparent_of(&m),
                 acker: Acker::None,
             })
         })))

@@ -281,6 +281,7 @@ impl CaseLog for MemoryLog {
                             subject: m.subject,
                             bytes: m.bytes,
                             delivered,
+                            traceparent: None,
                             acker: Acker::Memory(ack),
                         };
                         let cursor = if was_redelivery { cursor } else { seq };
@@ -328,6 +329,7 @@ impl MemoryLog {
                             subject: m.subject,
                             bytes: m.bytes,
                             delivered: 1,
+                            traceparent: None,
                             acker: Acker::None,
                         };
                         return Some((Ok(d), m.seq + 1));

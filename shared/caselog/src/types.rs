@@ -156,6 +156,9 @@ pub struct Delivery {
     pub bytes: bytes::Bytes,
     /// How many times this event was delivered to this consumer (1 first).
     pub delivered: u64,
+    /// The W3C trace context the event was written under (its
+    /// `traceparent` header), to continue the trace.
+    pub traceparent: Option<String>,
     pub(crate) acker: Acker,
 }
 

@@ -23,21 +23,22 @@ pub mod timers;
 pub use options::{LogFormat, NatsSettings, Options, OptionsError, TelemetrySettings, Validate};
 pub use shutdown::Shutdown;
 
-/// Sets up `tracing` logs per the telemetry settings (once per process; later
-/// calls are ignored, so `casectl dev` can run several services).
+/// Sets up logs and trace export per the telemetry settings (once per
+/// process; later calls are ignored, so `casectl dev` can run several
+/// services). Same as [`init_telemetry`] with the service name `casework`.
 pub fn init_logging(t: &TelemetrySettings) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("CASEWORK_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| {
-            EnvFilter::try_new(&t.log_filter).unwrap_or_else(|_| EnvFilter::new("info"))
-        });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match t.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    init_telemetry("casework", t);
+}
+
+/// Sets up logs and, when `otlp_endpoint` is set, OpenTelemetry trace export
+/// under `service_name`.
+pub fn init_telemetry(service_name: &str, t: &TelemetrySettings) {
+    casework_telemetry::init(&casework_telemetry::Config {
+        service_name: service_name.to_owned(),
+        json_logs: t.log_format == LogFormat::Json,
+        filter: t.log_filter.clone(),
+        otlp_endpoint: t.otlp_endpoint.clone(),
+    });
 }
 
 /// Loads the catalogue versions named by the options (files or

@@ -107,7 +107,11 @@ where
             });
         }
         let head = events.last().map(StoredEvent::head);
-        match log.append(case, head.as_ref(), decision.events).await {
+        let traceparent = casework_telemetry::current_traceparent();
+        match log
+            .append_traced(case, head.as_ref(), decision.events, traceparent.as_deref())
+            .await
+        {
             Ok(a) => {
                 return Ok(Decided {
                     effects: decision.effects,
@@ -232,12 +236,16 @@ async fn handle(
     locks: &CaseLocks,
     case: &CaseKey,
     delivered: u64,
+    traceparent: Option<&str>,
     service: &'static str,
 ) -> Ack {
     let lock = locks.get(case);
     let _guard = lock.lock().await;
     let started = std::time::Instant::now();
-    let outcome = reconciler.reconcile(case).await;
+    // The reconcile continues the trace of the event (or timer) that woke it.
+    let span = tracing::info_span!("reconcile", service, case = %case, delivered);
+    casework_telemetry::set_remote_parent(&span, traceparent);
+    let outcome = tracing::Instrument::instrument(reconciler.reconcile(case), span).await;
     metrics::histogram!("casework_reconcile_seconds", "service" => service)
         .record(started.elapsed().as_secs_f64());
     match outcome {
@@ -301,7 +309,18 @@ pub async fn run_case_loop(
                     return;
                 }
             };
-            match handle(&reconciler, &parked, &locks, &case, d.delivered, service).await {
+            let tp = d.traceparent.clone();
+            match handle(
+                &reconciler,
+                &parked,
+                &locks,
+                &case,
+                d.delivered,
+                tp.as_deref(),
+                service,
+            )
+            .await
+            {
                 Ack::Ok => {
                     let _ = d.ack().await;
                 }
@@ -376,7 +395,22 @@ pub async fn run_timer_loop(
         tokio::spawn(async move {
             let _permit = permit;
             let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
-            match handle(&reconciler, &parked, &locks, &fire.case, delivered, service).await {
+            let tp = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("traceparent"))
+                .map(|v| v.as_str().to_owned());
+            match handle(
+                &reconciler,
+                &parked,
+                &locks,
+                &fire.case,
+                delivered,
+                tp.as_deref(),
+                service,
+            )
+            .await
+            {
                 Ack::Ok => {
                     let _ = m.ack().await;
                 }

@@ -71,6 +71,9 @@ impl Timers {
         );
         h.insert("Nats-Schedule-Target", target.as_str());
         h.insert("Nats-Rollup", "sub");
+        if let Some(tp) = casework_telemetry::current_traceparent() {
+            h.insert("traceparent", tp.as_str());
+        }
         let reply = self
             .client
             .request_with_headers(subject, h, bytes::Bytes::new())
