@@ -12,6 +12,7 @@ use crate::Shutdown;
 #[derive(Debug)]
 pub struct GrpcServer {
     routes: Routes,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     /// Sets the serving status of each service for the health service.
     pub health: HealthReporter,
 }
@@ -32,7 +33,30 @@ impl GrpcServer {
             .build_v1()
             .expect("the embedded descriptor sets are valid");
         let routes = Routes::new(health_service).add_service(reflection);
-        Self { routes, health }
+        Self {
+            routes,
+            health,
+            tls: None,
+        }
+    }
+
+    /// Serves over TLS (and requires client certificates when
+    /// `client_ca_file` is set) when `tls` is configured.
+    pub fn tls(mut self, tls: &crate::TlsSettings) -> anyhow::Result<Self> {
+        let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+            return Ok(self);
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        };
+        let mut cfg = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+        );
+        if let Some(ca) = &tls.client_ca_file {
+            cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        self.tls = Some(cfg);
+        Ok(self)
     }
 
     /// Adds a service.
@@ -61,8 +85,14 @@ impl GrpcServer {
         let addr = listener.local_addr()?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let routes = self.routes;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("TLS configuration of {listen}: {e}"))?;
+        }
         tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
+            let r = builder
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
                 .await;

@@ -20,7 +20,9 @@ pub mod shutdown;
 pub mod store;
 pub mod timers;
 
-pub use options::{LogFormat, NatsSettings, Options, OptionsError, TelemetrySettings, Validate};
+pub use options::{
+    LogFormat, NatsSettings, Options, OptionsError, TelemetrySettings, TlsSettings, Validate,
+};
 pub use shutdown::Shutdown;
 
 /// Sets up logs and trace export per the telemetry settings (once per

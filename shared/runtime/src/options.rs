@@ -116,6 +116,26 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// TLS for the service's gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server (enables TLS with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate signed by
+    /// it (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// True when TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
 /// A service's options: the common settings plus its own section `service`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,6 +153,9 @@ pub struct Options<S> {
     pub catalog: Vec<PathBuf>,
     /// NATS.
     pub nats: NatsSettings,
+    /// TLS of the gRPC server (off by default).
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
     /// The service's own settings.
@@ -165,6 +188,7 @@ impl<S: Default> Options<S> {
                 user: None,
                 ..Default::default()
             },
+            tls: TlsSettings::default(),
             telemetry: TelemetrySettings::default(),
             service: S::default(),
         }
@@ -207,6 +231,27 @@ impl<S: Validate> Options<S> {
                 "nats.stream_replicas: {} must be 1, 3 or 5",
                 self.nats.stream_replicas
             ));
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            p.push("tls.cert_file and tls.key_file go together: set both or neither".to_owned());
+        }
+        if self.tls.client_ca_file.is_some() && !self.tls.enabled() {
+            p.push("tls.client_ca_file needs tls.cert_file and tls.key_file".to_owned());
+        }
+        for (name, file) in [
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+            ("tls.client_ca_file", &self.tls.client_ca_file),
+            ("nats.tls_ca_file", &self.nats.tls_ca_file),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                p.push(format!(
+                    "{name}: {} does not exist or is not a file",
+                    f.display()
+                ));
+            }
         }
         if self.nats.request_timeout_ms == 0 {
             p.push("nats.request_timeout_ms: must be above 0".to_owned());

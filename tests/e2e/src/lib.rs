@@ -1,0 +1,247 @@
+//! `casework-e2e` owns the black-box harness: it builds (once) and starts the
+//! four services as separate **release** processes, each with its own NATS
+//! user, data directory and ports, against a real nats-server with the
+//! per-service permissions of DESIGN.md §3; it can kill -9 and restart any
+//! of them, and restart the broker. It must not reach into a service's
+//! internals: it talks gRPC, HTTP health and the NATS streams only.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use casework_caselog::domain::Writer;
+use casework_caselog::permissions::{Principal, nats_authorization};
+use casework_testkit::NatsServer;
+
+/// The services, in start order.
+pub const SERVICES: [&str; 4] = ["ledger", "intake", "fulfilment", "recovery"];
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The directory holding the release binaries: `$CASEWORK_BIN_DIR`, or
+/// `<target>/e2e/release` after building them once with `cargo build
+/// --release` into its own target directory (so the nested build never
+/// waits on the lock of the `cargo test` that runs us).
+pub fn release_bins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("CASEWORK_BIN_DIR") {
+            return PathBuf::from(d);
+        }
+        let root = workspace_root();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("e2e");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&root)
+            .args(["build", "--release", "--locked", "--target-dir"])
+            .arg(&target);
+        for s in SERVICES {
+            cmd.args(["-p", &format!("casework-{s}")]);
+        }
+        let status = cmd.status().expect("run cargo build --release");
+        assert!(status.success(), "cargo build --release of the services failed");
+        target.join("release")
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The NATS users of the system (every service its own, plus admin and
+/// integrator), all with password `pw-<user>`.
+pub fn nats_users() -> String {
+    let mut users: Vec<(Principal, String, String)> = vec![(
+        Principal::Admin,
+        "admin".to_owned(),
+        "pw-admin".to_owned(),
+    )];
+    for w in Writer::ALL {
+        users.push((Principal::Writer(w), w.to_string(), format!("pw-{w}")));
+    }
+    users.push((Principal::Ledger, "ledger".into(), "pw-ledger".into()));
+    users.push((Principal::Integrator, "integrator".into(), "pw-integrator".into()));
+    let refs: Vec<(Principal, &str, &str)> = users
+        .iter()
+        .map(|(p, u, pw)| (*p, u.as_str(), pw.as_str()))
+        .collect();
+    nats_authorization(&refs)
+}
+
+/// One service process.
+#[derive(Debug)]
+pub struct ServiceProc {
+    /// `intake`, `fulfilment`, `recovery` or `ledger`.
+    pub name: &'static str,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// HTTP port.
+    pub http_port: u16,
+    env: BTreeMap<String, String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ServiceProc {
+    /// `http://127.0.0.1:<grpc port>`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    fn spawn(&mut self) {
+        let bin = release_bins().join(format!("casework-{}", self.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("service log");
+        let child = Command::new(&bin)
+            .envs(&self.env)
+            .env_remove("CASEWORK_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same data directory and ports.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.spawn();
+    }
+
+    /// Its log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        http_get(self.http_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    }
+
+    /// Waits until `/readyz` answers 200, or panics with the service's log.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.is_ready() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("{} exited with {status}:\n{}", self.name, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready after {timeout:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((code, body))
+}
+
+/// The whole system: a nats-server with the per-service users and the four
+/// services as separate processes.
+#[derive(Debug)]
+pub struct System {
+    /// The broker.
+    pub nats: NatsServer,
+    /// The services by name.
+    pub services: BTreeMap<&'static str, ServiceProc>,
+    /// Where data directories and logs live.
+    pub dir: PathBuf,
+}
+
+impl System {
+    /// Starts NATS and the four services with `catalog` (a TOML file) and
+    /// extra `CASEWORK_*` settings per service, and waits until all are
+    /// ready.
+    pub fn start(catalog: &Path, extra: &[(&str, &str, &str)]) -> Self {
+        let nats = NatsServer::start_with(&nats_users());
+        let dir = nats.scratch_dir().join("system");
+        std::fs::create_dir_all(&dir).expect("system dir");
+        let mut services = BTreeMap::new();
+        for name in SERVICES {
+            let (grpc_port, http_port) = (free_port(), free_port());
+            let mut env = BTreeMap::new();
+            let mut set = |k: &str, v: String| {
+                env.insert(k.to_owned(), v);
+            };
+            set("CASEWORK_INSTANCE", format!("{name}-0"));
+            set("CASEWORK_DATA_DIR", dir.join(name).display().to_string());
+            set("CASEWORK_GRPC_LISTEN", format!("127.0.0.1:{grpc_port}"));
+            set("CASEWORK_HTTP_LISTEN", format!("127.0.0.1:{http_port}"));
+            set("CASEWORK_CATALOG", catalog.display().to_string());
+            set("CASEWORK_NATS__URL", nats.url());
+            set("CASEWORK_NATS__USER", name.to_owned());
+            set("CASEWORK_NATS__PASSWORD", format!("pw-{name}"));
+            set("CASEWORK_LOG", "info".to_owned());
+            for (svc, k, v) in extra {
+                if *svc == name {
+                    set(k, (*v).to_owned());
+                }
+            }
+            let mut p = ServiceProc {
+                name,
+                grpc_port,
+                http_port,
+                env,
+                child: None,
+                log: dir.join(format!("{name}.log")),
+            };
+            p.spawn();
+            services.insert(name, p);
+        }
+        let mut sys = System { nats, services, dir };
+        for s in sys.services.values_mut() {
+            s.wait_ready(Duration::from_secs(60));
+        }
+        sys
+    }
+
+    /// A service by name.
+    pub fn service(&mut self, name: &str) -> &mut ServiceProc {
+        self.services.get_mut(name).expect("known service")
+    }
+}
