@@ -1,9 +1,231 @@
-//! `casework-fulfilment`: placeholder until its issue is built.
+//! `casework-fulfilment` is the back stage (DESIGN.md §1): on `promise_made`,
+//! and on each `retry_requested` from recovery, it runs the case's workflow
+//! from the catalogue version the case is pinned to — steps in order, each
+//! attempt recorded as `step_started` / `step_completed` / `step_failed`,
+//! retries by the step's policy (exponential back-off with jitter, a maximum
+//! of attempts), a timeout per attempt — and appends `promise_kept` when
+//! every step succeeded or `fulfilment_failed` when one failed for good.
+//! Steps are carried out by the built-in simulator, by external workers that
+//! long-poll over gRPC, or by people completing manual steps through the
+//! same API. It owns only its own events (`case.*.*.fulfilment.>`), its
+//! `step` timers and its redb (task leases, parked cases); it must not call
+//! another service, and it never decides from the event that woke it.
+//!
+//! Layout: `workflow` (the pure projection of a case's log: runs, steps,
+//! attempts), `decide` (the pure rules: [`decide::decide`] and
+//! [`decide::report`]), `token` (task tokens), `engine` (the reconciler, the
+//! report path, the simulator, timers and the task tail), `tasks` (the task
+//! board and leases), `api` (gRPC), `settings`, `error`.
+//!
+//! Decisions (DESIGN.md is silent on them):
+//! - **Timeouts** are per attempt: `step_started.timeout_at = now +
+//!   step.timeout`. One durable `step` timer per case, re-derived on every
+//!   reconcile, is set at the running attempt's `timeout_at` or the failed
+//!   attempt's `retry_at` (rounded up to the whole second). A report that
+//!   arrives at or after `timeout_at` is refused even if the timer has not
+//!   fired yet.
+//! - **No attempt is run twice by us**: a simulated attempt runs only in
+//!   the process that appended its `step_started`; after a crash it is not
+//!   re-run — its timeout fails it (`timed_out`) and the retry policy starts
+//!   attempt n+1.
+//! - **Tokens** (`ft1.<tenant>.<case>.<run>.<step>.<attempt>`) carry no
+//!   authority; every use is validated against the log. A report for an
+//!   attempt that is no longer running is FAILED_PRECONDITION ("stale
+//!   task"); the same report repeated gets the first answer (with
+//!   `already_completed`) and never a second event.
+//! - **Leases**: a polled task is leased to its worker for `lease_seconds`
+//!   (heartbeats extend it, never past `timeout_at`) and offered again only
+//!   after the lease ends. Leases are per replica (redb, survives a
+//!   restart); two replicas may each hand out the same attempt once, and
+//!   the log still records only the first completion.
+//! - **Runs**: run n+1 starts only when run n is over without a kept
+//!   promise and recovery requested more retries than runs followed; a
+//!   retry requested while a run is still going is answered by the next run
+//!   only if that run fails.
+//! - **Parking**: a case pinned to an unknown catalogue version, digest or
+//!   service, a run whose steps disagree with its catalogue, or an
+//!   undecodable event is parked (redb record, `casework_cases_parked_total`)
+//!   and tried again on its next change; its record is cleared when it is
+//!   decided again.
 
-use casework_runtime::{Options, Shutdown};
+pub mod api;
+pub mod decide;
+pub mod engine;
+pub mod error;
+pub mod settings;
+pub mod tasks;
+pub mod token;
+pub mod workflow;
 
-/// Runs the service until `shutdown`.
-pub async fn run(_options: Options<()>, shutdown: Shutdown) -> anyhow::Result<()> {
-    shutdown.cancelled().await;
-    Ok(())
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use casework_caselog::{CaseKey, CaseLog};
+use casework_domain::Writer;
+use casework_runtime::reconcile::{LoopConfig, Parked, run_case_loop, run_timer_loop};
+use casework_runtime::timers::Timers;
+use casework_runtime::{Options, http, nats, store};
+
+pub use casework_runtime::{Running, Shutdown};
+pub use error::{Error, Result};
+pub use settings::Settings;
+
+/// The generated gRPC API (messages, client and server), for embedders,
+/// workers and the benchmark harness.
+pub use casework_proto::fulfilment::v1 as proto;
+
+/// Fulfilment's options.
+pub type ServiceOptions = Options<Settings>;
+
+/// The service name: writer, NATS user, consumer and redb file.
+pub const SERVICE: &str = "fulfilment";
+
+/// Defaults: gRPC on 127.0.0.1:50052, HTTP on 127.0.0.1:8082.
+pub fn default_options() -> ServiceOptions {
+    Options::defaults(SERVICE, 50052, 8082)
+}
+
+/// Starts the service: binds gRPC and HTTP, starts the loops, returns at
+/// once. It stops when `shutdown` is cancelled (or on a fatal error).
+pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let catalogs = Arc::new(casework_runtime::load_catalogs(&options.catalog)?);
+    let client = nats::connect(
+        &options.nats,
+        &format!("casework-fulfilment/{}", options.instance),
+    )
+    .await?;
+    let log: Arc<dyn CaseLog> = Arc::new(nats::log(
+        &client,
+        &options.nats,
+        &options.instance,
+        Some(Writer::Fulfilment),
+    ));
+    let db = store::open(&options.data_dir, SERVICE)?;
+    let parked = Parked::new(db.clone(), SERVICE);
+    let parked_now: HashSet<CaseKey> = parked
+        .list()
+        .await
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let (t, c) = k.split_once('/')?;
+            CaseKey::parse(t, c).ok()
+        })
+        .collect();
+    let board = Arc::new(tasks::TaskBoard::open(Some(db.clone()))?);
+    let timers = Timers::new(client.clone(), Writer::Fulfilment);
+    let stop = shutdown.child_token();
+    let engine = engine::Engine::new(
+        log.clone(),
+        catalogs,
+        Some(timers.clone()),
+        board.clone(),
+        options.service.clone(),
+        Some(parked.clone()),
+        parked_now,
+        stop.clone(),
+    );
+
+    let readiness = http::Readiness::default();
+    readiness.set("nats", true);
+    readiness.set("task_board", false);
+    let grpc = casework_runtime::grpc::GrpcServer::new();
+    grpc.health
+        .set_serving::<proto::fulfilment_server::FulfilmentServer<api::FulfilmentApi>>()
+        .await;
+    let grpc_addr = grpc
+        .add_service(proto::fulfilment_server::FulfilmentServer::new(
+            api::FulfilmentApi::new(engine.clone(), Some(parked.clone()), stop.clone()),
+        ))
+        .serve(options.grpc_listen, stop.clone())
+        .await?;
+    let http_addr = http::serve(options.http_listen, readiness.clone(), stop.clone()).await?;
+
+    let tail = {
+        let (engine, stop, readiness) = (engine.clone(), stop.clone(), readiness.clone());
+        tokio::spawn(async move {
+            engine
+                .run_tail(stop, move || readiness.set("task_board", true))
+                .await
+        })
+    };
+    let pruner = {
+        let (board, stop) = (board.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => board.prune(chrono::Utc::now()).await,
+                }
+            }
+        })
+    };
+    let concurrency = options.service.concurrency;
+    let cases = tokio::spawn(run_case_loop(
+        log.clone(),
+        Arc::new(engine.clone()),
+        LoopConfig {
+            service: SERVICE,
+            durable: SERVICE.to_owned(),
+            filter: "case.>".to_owned(),
+            concurrency,
+        },
+        Some(parked.clone()),
+        stop.clone(),
+    ));
+    let fires = tokio::spawn(run_timer_loop(
+        client.clone(),
+        timers,
+        Arc::new(engine.clone()),
+        LoopConfig {
+            service: SERVICE,
+            durable: format!("{SERVICE}-timers"),
+            filter: String::new(),
+            concurrency,
+        },
+        Some(parked),
+        stop.clone(),
+    ));
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, instance = %options.instance, "fulfilment started");
+
+    let done = tokio::spawn(async move {
+        let stopped = |r: Result<anyhow::Result<()>, tokio::task::JoinError>, what: &str| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!("{what}: {e}")),
+            Err(e) => Err(anyhow::anyhow!("{what} panicked: {e}")),
+        };
+        let names = ["case loop", "timer loop", "task tail"];
+        // The first loop to end (shutdown or a fatal error) stops the rest.
+        let (first, index, rest) = futures::future::select_all([cases, fires, tail]).await;
+        stop.cancel();
+        let first = stopped(first, names[index]);
+        let others: Vec<&str> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, n)| *n)
+            .collect();
+        let mut rest_results = Vec::new();
+        for (h, name) in rest.into_iter().zip(others) {
+            rest_results.push(stopped(h.await, name));
+        }
+        pruner.abort();
+        let _ = client.drain().await;
+        first?;
+        for r in rest_results {
+            r?;
+        }
+        Ok(())
+    });
+    Ok(Running {
+        grpc: grpc_addr,
+        http: http_addr,
+        done,
+    })
+}
+
+/// Runs the service until `shutdown` (start, then wait).
+pub async fn run(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(options, shutdown).await?.wait().await
 }

@@ -1,9 +1,207 @@
-//! `casework-intake`: placeholder until its issue is built.
+//! `casework-intake` is the front stage (DESIGN.md §1): it takes customers'
+//! requests over gRPC (`casework.intake.v1.Intake`), opens cases and makes
+//! their promise (`case_opened` + `promise_made`, one atomic append, the
+//! deadline from the current service catalogue), records interactions,
+//! feedback and withdrawals, and closes the loop: when a case's outcome is
+//! settled it tells the customer and closes the case (`customer_notified` +
+//! `case_closed`). It serves GetCase and ListCases from its own redb read
+//! model, rebuilt from the log when the data directory is empty. It must not
+//! call another service, write another writer's events, or decide from its
+//! read model: decisions are taken on the case's log.
+//!
+//! Layout: `validate` (pure request checks, one error per field), `decide`
+//! (pure: [`decide::CaseView`], opening, requests, [`decide::decide_close`]),
+//! `api` (the gRPC service), `closer` (the closing reconciler), `readmodel`
+//! (projection, redb queries, the tail that feeds it), `tables` (every redb
+//! table), `error` (the one error enum and its gRPC mapping).
+//!
+//! Decisions recorded here because DESIGN.md is silent on them:
+//! - Idempotency of OpenCase is forever: the case id derives from tenant +
+//!   key and the first append expects an empty log, so a retry conflicts and
+//!   is answered from the case's own events; the same key with another body
+//!   (customer, channel, stage, service, summary, attributes) is
+//!   ALREADY_EXISTS.
+//! - RecordInteraction, SubmitFeedback and WithdrawCase take an optional
+//!   `request_id`; the event id derives from it, and a retry finds the
+//!   recorded event in the case's log (also after the duplicate window).
+//! - Interactions are refused on a closed case, feedback on a withdrawn
+//!   case, withdrawal on a closed, withdrawn or already kept case.
+//! - Read-your-writes: a writer waits (bounded by
+//!   `service.read_your_writes_timeout_ms`) until this replica's read model
+//!   has applied its append, else applies the case itself; GetCase of a
+//!   case the read model does not know reads the log before answering
+//!   NOT_FOUND, so a case opened on another replica is visible at once.
+//! - `breached` is evaluated at read time; the clock stops when the case
+//!   closes (a case withdrawn before its deadline is never breached).
 
-use casework_runtime::{Options, Shutdown};
+pub mod api;
+pub mod closer;
+pub mod decide;
+pub mod error;
+pub mod readmodel;
+pub mod tables;
+pub mod validate;
 
-/// Runs the service until `shutdown`.
-pub async fn run(_options: Options<()>, shutdown: Shutdown) -> anyhow::Result<()> {
-    shutdown.cancelled().await;
-    Ok(())
+use std::sync::Arc;
+use std::time::Duration;
+
+use casework_caselog::CaseLog;
+use casework_domain::Writer;
+use casework_proto::intake::v1::intake_server::IntakeServer;
+use casework_runtime::grpc::GrpcServer;
+use casework_runtime::http::{self, Readiness};
+use casework_runtime::reconcile::{LoopConfig, Parked, run_case_loop};
+use casework_runtime::{Options, Validate, load_catalogs, nats, store};
+use serde::{Deserialize, Serialize};
+
+pub use casework_proto::intake::v1 as proto;
+pub use casework_runtime::{Running, Shutdown};
+pub use error::{Error, Result};
+
+/// The service's name: writer, NATS connection name prefix, durable
+/// consumer.
+pub const SERVICE: &str = "intake";
+
+/// Intake's own settings (`[service]` in the options file,
+/// `CASEWORK_SERVICE__*` in the environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeSettings {
+    /// Cases the closing reconciler works on at once.
+    pub close_concurrency: usize,
+    /// How long a write waits for this replica's read model to apply it
+    /// before applying the case itself, in milliseconds.
+    pub read_your_writes_timeout_ms: u64,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        Self {
+            close_concurrency: 32,
+            read_your_writes_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Validate for IntakeSettings {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.close_concurrency == 0 || self.close_concurrency > 4096 {
+            p.push(format!(
+                "close_concurrency: {} must be between 1 and 4096",
+                self.close_concurrency
+            ));
+        }
+        if self.read_your_writes_timeout_ms == 0 {
+            p.push("read_your_writes_timeout_ms: must be above 0".to_owned());
+        }
+        p
+    }
+}
+
+/// Intake's options.
+pub type ServiceOptions = Options<IntakeSettings>;
+
+/// The defaults: gRPC on 127.0.0.1:50051, HTTP on 127.0.0.1:8081, data in
+/// `data/intake`, the built-in sample catalogue.
+pub fn default_options() -> ServiceOptions {
+    Options::defaults(SERVICE, 50051, 8081)
+}
+
+/// Starts the service: connects to NATS with its own credentials, opens
+/// its redb, binds gRPC and HTTP, starts the read-model tail and the closing
+/// reconciler, and returns at once. The service stops on `shutdown`, or on
+/// a fatal error of one of its loops (then `done` ends with it).
+pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let problems = options.problems();
+    anyhow::ensure!(problems.is_empty(), "bad options: {}", problems.join("; "));
+    let catalogs = load_catalogs(&options.catalog)?;
+    let client = nats::connect(&options.nats, &options.instance).await?;
+    let log: Arc<dyn CaseLog> = Arc::new(nats::log(
+        &client,
+        &options.nats,
+        &options.instance,
+        Some(Writer::Intake),
+    ));
+    let db = store::open(&options.data_dir, SERVICE)?;
+    let read_model = {
+        let db = db.clone();
+        store::blocking(move || readmodel::ReadModel::open(db)).await?
+    };
+    let readiness = Readiness::default();
+    readiness.set(readmodel::READY_CONDITION, false);
+    let stop = shutdown.child_token();
+    let http = http::serve(options.http_listen, readiness.clone(), stop.clone()).await?;
+
+    let mut follower = tokio::spawn(readmodel::follow(
+        read_model.clone(),
+        log.clone(),
+        readiness.clone(),
+        stop.clone(),
+    ));
+    let mut closer = tokio::spawn(run_case_loop(
+        log.clone(),
+        Arc::new(closer::Closer::new(log.clone())),
+        LoopConfig {
+            service: SERVICE,
+            durable: SERVICE.to_owned(),
+            filter: "case.>".to_owned(),
+            concurrency: options.service.close_concurrency,
+        },
+        Some(Parked::new(db, SERVICE)),
+        stop.clone(),
+    ));
+
+    let service = api::IntakeApi::new(
+        log,
+        catalogs,
+        read_model,
+        Duration::from_millis(options.service.read_your_writes_timeout_ms),
+    );
+    let server = GrpcServer::new();
+    server
+        .health
+        .set_serving::<IntakeServer<api::IntakeApi>>()
+        .await;
+    let grpc = server
+        .add_service(IntakeServer::new(service))
+        .serve(options.grpc_listen, stop.clone())
+        .await?;
+    tracing::info!(%grpc, %http, instance = %options.instance, "intake started");
+
+    let done = tokio::spawn(async move {
+        let joined = |r: Result<anyhow::Result<()>, tokio::task::JoinError>, what: &str| {
+            r.map_err(|e| anyhow::anyhow!("{what} task failed: {e}"))
+                .and_then(|r| r.map_err(|e| e.context(format!("{what} stopped"))))
+        };
+        enum First {
+            Follower(anyhow::Result<()>),
+            Closer(anyhow::Result<()>),
+            Shutdown,
+        }
+        let first = tokio::select! {
+            r = &mut follower => First::Follower(joined(r, "read model")),
+            r = &mut closer => First::Closer(joined(r, "closing reconciler")),
+            _ = stop.cancelled() => First::Shutdown,
+        };
+        stop.cancel();
+        // One loop ended (or shutdown): wait for the one(s) still running.
+        let (first, rest) = match first {
+            First::Follower(r) => (r, joined(closer.await, "closing reconciler")),
+            First::Closer(r) => (r, joined(follower.await, "read model")),
+            First::Shutdown => (
+                Ok(()),
+                joined(follower.await, "read model")
+                    .and(joined(closer.await, "closing reconciler")),
+            ),
+        };
+        let _ = client.drain().await;
+        first.and(rest)
+    });
+    Ok(Running { grpc, http, done })
+}
+
+/// Runs the service until `shutdown` (= [`start`] + wait).
+pub async fn run(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(options, shutdown).await?.wait().await
 }

@@ -1,9 +1,205 @@
-//! `casework-ledger`: placeholder until its issue is built.
+//! `casework-ledger` owns the long-term archive of every event of every case
+//! and tenant, and serves auditors and integrators from it (DESIGN.md §2,
+//! §5): history, as-of replay, chain verification (archive and stream),
+//! evidence bundles, and a resumable filtered subscription. It is a reader:
+//! it connects with a reader NATS user and never appends an event; it does
+//! not decide anything about a case. Its redb archive is rebuilt from the
+//! stream when the data directory is empty.
+//!
+//! Layout: `tables` (every redb table), `archive` (ingest batches with
+//! incremental chain verification, and the reads), `ingest` (the tail loop,
+//! readiness, metrics), `api` (the gRPC service), `convert` (domain →
+//! API messages, envelope → proto3 JSON), `bundle` (evidence bundles and
+//! their offline check), `position` (opaque position and page tokens),
+//! `error` (the one error enum and its gRPC mapping).
 
-use casework_runtime::{Options, Shutdown};
+pub mod api;
+pub mod archive;
+pub mod bundle;
+pub mod convert;
+pub mod error;
+pub mod ingest;
+pub mod position;
+pub mod tables;
 
-/// Runs the service until `shutdown`.
-pub async fn run(_options: Options<()>, shutdown: Shutdown) -> anyhow::Result<()> {
-    shutdown.cancelled().await;
-    Ok(())
+use std::sync::Arc;
+use std::time::Duration;
+
+use casework_caselog::jetstream::{self, NatsOptions};
+use casework_caselog::{CaseLog, JetStreamLog};
+use casework_proto::ledger::v1::ledger_server::LedgerServer;
+use casework_runtime::grpc::GrpcServer;
+use casework_runtime::http::{self, Readiness};
+use casework_runtime::{NatsSettings, Options, Validate, store};
+use serde::{Deserialize, Serialize};
+
+pub use casework_proto::ledger::v1 as proto;
+pub use casework_runtime::{Running, Shutdown};
+pub use error::{Error, Result};
+
+/// A gRPC client of the ledger at `addr` (`host:port` or a URL).
+pub async fn client(
+    addr: &str,
+) -> anyhow::Result<proto::ledger_client::LedgerClient<tonic::transport::Channel>> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(proto::ledger_client::LedgerClient::connect(url)
+        .await?
+        .max_decoding_message_size(256 << 20))
+}
+
+/// The ledger's own settings (`[service]` in the options file,
+/// `CASEWORK_SERVICE__*` in the environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// Most events archived in one redb write transaction.
+    pub batch_size: usize,
+    /// Largest GetHistory page.
+    pub max_page_size: u32,
+    /// Events read from the archive per step of a subscription (and the
+    /// subscription's send buffer).
+    pub subscribe_batch: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 1024,
+            max_page_size: 1000,
+            subscribe_batch: 512,
+        }
+    }
+}
+
+impl Validate for LedgerSettings {
+    fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.batch_size == 0 || self.batch_size > 65_536 {
+            p.push(format!(
+                "batch_size: {} must be between 1 and 65536",
+                self.batch_size
+            ));
+        }
+        if self.max_page_size == 0 || self.max_page_size > 10_000 {
+            p.push(format!(
+                "max_page_size: {} must be between 1 and 10000",
+                self.max_page_size
+            ));
+        }
+        if self.subscribe_batch == 0 || self.subscribe_batch > 65_536 {
+            p.push(format!(
+                "subscribe_batch: {} must be between 1 and 65536",
+                self.subscribe_batch
+            ));
+        }
+        p
+    }
+}
+
+/// The ledger's options.
+pub type ServiceOptions = Options<LedgerSettings>;
+
+/// Defaults: gRPC 127.0.0.1:50054, HTTP 127.0.0.1:8084, NATS user `ledger`
+/// expected in deployment (set `nats.user`/`nats.password`).
+pub fn default_options() -> ServiceOptions {
+    Options::defaults("ledger", 50054, 8084)
+}
+
+/// Connects as a reader. Unlike `casework_runtime::nats::connect` this does
+/// not create or look up the TIMERS stream (the ledger's NATS user may not):
+/// the CASES stream is awaited by the ingestion loop.
+async fn connect_reader(s: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    let timeout = Duration::from_millis(s.request_timeout_ms);
+    if let Some(ca) = &s.tls_ca_file {
+        let mut c = async_nats::ConnectOptions::new()
+            .name(name)
+            .request_timeout(Some(timeout))
+            .add_root_certificates(ca.clone())
+            .require_tls(true);
+        if let (Some(u), Some(p)) = (&s.user, &s.password) {
+            c = c.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(creds) = &s.creds_file {
+            c = c.credentials_file(creds).await?;
+        }
+        return c
+            .connect(s.url.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {} over TLS: {e}", s.url));
+    }
+    Ok(jetstream::connect(&NatsOptions {
+        url: s.url.clone(),
+        user: s.user.clone(),
+        password: s.password.clone(),
+        creds_file: s.creds_file.clone(),
+        name: name.to_owned(),
+        request_timeout: timeout,
+    })
+    .await?)
+}
+
+/// Starts the ledger: opens the archive, connects to NATS, binds gRPC and
+/// HTTP (port 0 works), starts archiving, and returns at once.
+pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<Running> {
+    let readiness = Readiness::default();
+    readiness.set(ingest::READY_STREAM, false);
+    readiness.set(ingest::READY_CAUGHT_UP, false);
+    let db = store::open(&options.data_dir, "ledger")?;
+    let archive = archive::Archive::open(db)?;
+    let catalogs = Arc::new(casework_runtime::load_catalogs(&options.catalog)?);
+    let client = connect_reader(&options.nats, &options.instance).await?;
+    let log: Arc<dyn CaseLog> = Arc::new(
+        JetStreamLog::new(client.clone(), &options.instance, None)
+            .with_request_timeout(Duration::from_millis(options.nats.request_timeout_ms)),
+    );
+    let a = archive.clone();
+    let (checkpoint_tx, checkpoint_rx) =
+        tokio::sync::watch::channel(store::blocking(move || a.checkpoint()).await?);
+    let http = http::serve(options.http_listen, readiness.clone(), shutdown.clone()).await?;
+    let api = api::LedgerApi {
+        archive: archive.clone(),
+        log: log.clone(),
+        catalogs,
+        checkpoint: checkpoint_rx,
+        max_page_size: options.service.max_page_size,
+        subscribe_batch: options.service.subscribe_batch,
+    };
+    let server = GrpcServer::new();
+    server
+        .health
+        .set_serving::<LedgerServer<api::LedgerApi>>()
+        .await;
+    let grpc = server
+        .add_service(LedgerServer::new(api).max_decoding_message_size(16 << 20))
+        .serve(options.grpc_listen, shutdown.clone())
+        .await?;
+    tracing::info!(%grpc, %http, "ledger started");
+    let batch = options.service.batch_size;
+    let name = options.instance.clone();
+    let tail_client = client.clone();
+    let done = tokio::spawn(async move {
+        let r = ingest::run(
+            archive,
+            log,
+            tail_client,
+            name,
+            batch,
+            readiness,
+            checkpoint_tx,
+            shutdown,
+        )
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.drain()).await;
+        r
+    });
+    Ok(Running { grpc, http, done })
+}
+
+/// Runs the ledger until `shutdown`.
+pub async fn run(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<()> {
+    start(options, shutdown).await?.wait().await
 }

@@ -195,6 +195,9 @@ pub fn timers_stream_config(opts: &StreamOptions) -> stream::Config {
         duplicate_window: opts.duplicate_window,
         allow_direct: true,
         allow_rollup: true,
+        // One message per subject: a timer's schedule (replaced when it is
+        // moved) and its last fire. Old fires do not pile up.
+        max_messages_per_subject: 1,
         allow_message_schedules: true,
         allow_message_ttl: true,
         ..Default::default()
@@ -741,12 +744,17 @@ impl CaseLog for JetStreamLog {
         Ok(Box::pin(messages.map(|m| {
             let m = m.map_err(|e| Error::Nats(e.to_string()))?;
             let info = m.info().map_err(|e| Error::Nats(e.to_string()))?;
-            let (stream_seq, delivered) = (info.stream_sequence, info.delivered.max(1) as u64);
+            let (stream_seq, delivered, pending) = (
+                info.stream_sequence,
+                info.delivered.max(1) as u64,
+                info.pending,
+            );
             Ok(Delivery {
                 stream_seq,
                 subject: m.subject.to_string(),
                 bytes: m.payload.clone(),
                 delivered,
+                pending,
                 traceparent: traceparent_of(&m),
                 acker: Acker::Nats(Box::new(m)),
             })
@@ -776,12 +784,13 @@ impl CaseLog for JetStreamLog {
         Ok(Box::pin(messages.map(|m| {
             let m = m.map_err(|e| Error::Nats(e.to_string()))?;
             let info = m.info().map_err(|e| Error::Nats(e.to_string()))?;
-            let stream_seq = info.stream_sequence;
+            let (stream_seq, pending) = (info.stream_sequence, info.pending);
             Ok(Delivery {
                 stream_seq,
                 subject: m.subject.to_string(),
                 bytes: m.payload.clone(),
                 delivered: 1,
+                pending,
                 traceparent: traceparent_of(&m),
                 acker: Acker::None,
             })

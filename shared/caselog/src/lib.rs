@@ -116,7 +116,10 @@ pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
     /// the case's log still ends at `after` (`None`: the log must be empty).
     /// A retry of an append that already landed returns the landed position
     /// with `already: true`; a different writer's append that got there
-    /// first is [`Error::Conflict`]. `traceparent` is the W3C trace context
+    /// first is [`Error::Conflict`]. "Already landed" is judged by event ids
+    /// alone (ids are derived from the cause): a caller that can repeat an id
+    /// with a different body (e.g. a client reusing an idempotency key for
+    /// another request) must compare the stored events itself. `traceparent` is the W3C trace context
     /// to carry (a deterministic one derived from the correlation id is used
     /// when `None`).
     async fn append_traced(

@@ -258,12 +258,16 @@ impl CaseLog for MemoryLog {
                         });
                         pick.map(|seq| {
                             let m = inner.messages[(seq - 1) as usize].clone();
+                            let pending = inner.messages[seq as usize..]
+                                .iter()
+                                .filter(|o| subject_matches(&st.filter, &o.subject))
+                                .count() as u64;
                             let n = st.deliveries.entry(seq).or_insert(0);
                             *n += 1;
-                            (m, *n, redeliver.is_some())
+                            (m, *n, redeliver.is_some(), pending)
                         })
                     };
-                    if let Some((m, delivered, was_redelivery)) = next {
+                    if let Some((m, delivered, was_redelivery, pending)) = next {
                         let st = state.clone();
                         let seq = m.seq;
                         let ack: MemoryAck = Arc::new(move |kind| {
@@ -282,6 +286,7 @@ impl CaseLog for MemoryLog {
                             bytes: m.bytes,
                             delivered,
                             traceparent: None,
+                            pending,
                             acker: Acker::Memory(ack),
                         };
                         let cursor = if was_redelivery { cursor } else { seq };
@@ -316,20 +321,21 @@ impl MemoryLog {
                     let waiter = notify.notified();
                     let found = {
                         let inner = inner.lock().expect("memory log lock");
-                        inner
+                        let mut rest = inner
                             .messages
                             .iter()
                             .skip((next_seq - 1) as usize)
-                            .find(|m| subject_matches(&filter, &m.subject))
-                            .cloned()
+                            .filter(|m| subject_matches(&filter, &m.subject));
+                        rest.next().cloned().map(|m| (m, rest.count() as u64))
                     };
-                    if let Some(m) = found {
+                    if let Some((m, pending)) = found {
                         let d = Delivery {
                             stream_seq: m.seq,
                             subject: m.subject,
                             bytes: m.bytes,
                             delivered: 1,
                             traceparent: None,
+                            pending,
                             acker: Acker::None,
                         };
                         return Some((Ok(d), m.seq + 1));

@@ -55,6 +55,8 @@ fn reader_api(stream: &str) -> Vec<String> {
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.>"),
+        // Unnamed (ordered, ephemeral) consumers, as `CaseLog::tail` uses.
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
         format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
         format!("$JS.API.CONSUMER.INFO.{stream}.>"),

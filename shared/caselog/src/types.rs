@@ -159,6 +159,9 @@ pub struct Delivery {
     /// The W3C trace context the event was written under (its
     /// `traceparent` header), to continue the trace.
     pub traceparent: Option<String>,
+    /// How many matching events remain after this one (as known when it was
+    /// delivered): 0 means the reader has caught up.
+    pub pending: u64,
     pub(crate) acker: Acker,
 }
 

@@ -100,6 +100,8 @@ pub struct CaseState {
     /// Case id (empty before the first event).
     pub case_id: String,
     /// Where the log ends: per-case sequence and hash of the last event.
+    /// `evolve` cannot know the stored bytes, so it leaves this alone;
+    /// callers that fold stored events (with their hashes) set it.
     pub tip: Option<ChainTip>,
     /// Lifecycle status.
     pub status: CaseStatus,
@@ -121,6 +123,9 @@ pub struct CaseState {
     pub steps: Vec<StepProgress>,
     /// Recoveries started.
     pub recoveries: u32,
+    /// Recoveries completed (a recovery is open while fewer are completed
+    /// than started).
+    pub recoveries_completed: u32,
     /// The current or last recovery.
     pub recovery: Option<RecoveryProgress>,
     /// Retries requested by recovery so far.
@@ -145,6 +150,11 @@ impl CaseState {
     /// Folds a whole log.
     pub fn fold<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> CaseState {
         events.into_iter().fold(CaseState::default(), evolve)
+    }
+
+    /// True while a recovery has started and not completed.
+    pub fn recovery_open(&self) -> bool {
+        self.recoveries_completed < self.recoveries
     }
 
     /// True once the case was closed.
@@ -289,6 +299,7 @@ pub fn evolve(mut s: CaseState, e: &Envelope) -> CaseState {
             }
         }
         Payload::RecoveryCompleted(r) => {
+            s.recoveries_completed += 1;
             if let Some(p) = s.recovery.as_mut() {
                 p.outcome = Some(r.outcome);
             }

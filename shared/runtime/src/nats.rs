@@ -9,8 +9,34 @@ use casework_caselog::{JetStreamLog, domain::Writer};
 use crate::options::NatsSettings;
 
 /// Connects as `name` and makes sure the streams exist with the contract's
-/// configuration (refusing a server that cannot hold it).
+/// configuration (refusing a server that cannot hold it). For the writing
+/// services; readers use [`connect_reader`].
 pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = connect_only(settings, name).await?;
+    jetstream::ensure_streams(
+        &client,
+        &StreamOptions {
+            replicas: settings.stream_replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(client)
+}
+
+/// Connects a reader (the ledger, casectl, integrators): checks the server
+/// version but neither creates nor looks up the streams, which a reader's
+/// permissions do not allow.
+pub async fn connect_reader(
+    settings: &NatsSettings,
+    name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let client = connect_only(settings, name).await?;
+    jetstream::check_server_version(&client.server_info().version)?;
+    Ok(client)
+}
+
+async fn connect_only(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
     let client = if let Some(ca) = &settings.tls_ca_file {
         // TLS: the server must present a certificate signed by this CA.
         let mut c = async_nats::ConnectOptions::new()
@@ -38,14 +64,6 @@ pub async fn connect(settings: &NatsSettings, name: &str) -> anyhow::Result<asyn
         })
         .await?
     };
-    jetstream::ensure_streams(
-        &client,
-        &StreamOptions {
-            replicas: settings.stream_replicas,
-            ..Default::default()
-        },
-    )
-    .await?;
     Ok(client)
 }
 

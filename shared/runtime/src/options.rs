@@ -256,7 +256,7 @@ impl<S: Validate> Options<S> {
         if self.nats.request_timeout_ms == 0 {
             p.push("nats.request_timeout_ms: must be above 0".to_owned());
         }
-        if self.grpc_listen == self.http_listen {
+        if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
             p.push(format!(
                 "grpc_listen and http_listen are both {}; give them different ports",
                 self.grpc_listen

@@ -133,22 +133,49 @@ where
 
 const PARKED: TableDefinition<&str, &str> = TableDefinition::new("parked_cases");
 
-/// Parked cases, in the service's redb.
+/// Parked cases, in the service's redb (with an in-memory set of their keys,
+/// so clearing after every successful reconcile costs nothing when the case
+/// was not parked).
 #[derive(Debug, Clone)]
 pub struct Parked {
     db: Arc<redb::Database>,
     service: &'static str,
+    keys: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Parked {
     /// The parked-case record of `service` in `db`.
     pub fn new(db: Arc<redb::Database>, service: &'static str) -> Self {
-        Self { db, service }
+        let keys = {
+            let tx = db.begin_read().expect("redb read");
+            match tx.open_table(PARKED) {
+                Ok(t) => t
+                    .iter()
+                    .expect("iter")
+                    .filter_map(|r| r.ok())
+                    .map(|(k, _)| k.value().to_owned())
+                    .collect(),
+                Err(_) => Default::default(),
+            }
+        };
+        Self {
+            db,
+            service,
+            keys: Arc::new(Mutex::new(keys)),
+        }
     }
 
     async fn write(&self, case: &CaseKey, reason: Option<String>) {
         let db = self.db.clone();
         let key = case.to_string();
+        {
+            let mut keys = self.keys.lock().expect("parked keys");
+            if reason.is_some() {
+                keys.insert(key.clone());
+            } else if !keys.remove(&key) {
+                return;
+            }
+        }
         crate::store::blocking(move || {
             let tx = db.begin_write().expect("redb write");
             {
@@ -175,9 +202,18 @@ impl Parked {
         self.write(case, Some(reason.to_owned())).await;
     }
 
-    /// Clears `case` (it was decided again successfully).
+    /// Clears `case` (it was decided again successfully); free when the
+    /// case was not parked.
     pub async fn clear(&self, case: &CaseKey) {
         self.write(case, None).await;
+    }
+
+    /// Whether `case` is parked.
+    pub fn is_parked(&self, case: &CaseKey) -> bool {
+        self.keys
+            .lock()
+            .expect("parked keys")
+            .contains(&case.to_string())
     }
 
     /// Every parked case with its record (JSON).
@@ -219,7 +255,8 @@ pub struct LoopConfig {
     pub service: &'static str,
     /// Durable consumer name (shared by the service's replicas).
     pub durable: String,
-    /// Subject filter.
+    /// Subject filter of the case-log loop (the timer loop always uses its
+    /// writer's fire filter and ignores this).
     pub filter: String,
     /// Cases reconciled at once.
     pub concurrency: usize,
@@ -249,7 +286,12 @@ async fn handle(
     metrics::histogram!("casework_reconcile_seconds", "service" => service)
         .record(started.elapsed().as_secs_f64());
     match outcome {
-        Ok(()) => Ack::Ok,
+        Ok(()) => {
+            if let Some(p) = parked {
+                p.clear(case).await;
+            }
+            Ack::Ok
+        }
         Err(Failure::Park(reason)) => {
             if let Some(p) = parked {
                 p.park(case, &reason).await;

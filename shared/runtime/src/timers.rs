@@ -62,8 +62,14 @@ impl Timers {
         let w = self.writer;
         let subject = format!("timer.{w}.sched.{kind}.{}.{}", case.tenant, case.case_id);
         let target = format!("timer.{w}.fire.{kind}.{}.{}", case.tenant, case.case_id);
-        // Second precision; a time in the past fires at once.
+        // Schedules have second precision: round up, so a timer never fires
+        // before its time (an early fire would find nothing due and
+        // reschedule the same second). A time in the past fires at once.
         let at = at.max(Utc::now());
+        let at = match at.timestamp_subsec_nanos() {
+            0 => at,
+            n => at + chrono::Duration::nanoseconds(1_000_000_000 - i64::from(n)),
+        };
         let mut h = HeaderMap::new();
         h.insert(
             "Nats-Schedule",

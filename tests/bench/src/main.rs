@@ -10,6 +10,10 @@
 //! 1.0) scales the operation counts.
 
 mod append;
+mod deadlines;
+mod fulfil;
+mod ledger;
+mod open_case;
 mod report;
 
 use std::process::ExitCode;
@@ -24,6 +28,11 @@ async fn main() -> ExitCode {
                append   appends/s and latency through casework-caselog at 1 and 64 cases in flight,\n           \
                         single events and 3-event batches, plus the same as raw JetStream (-raw)\n  \
                replay   reading one case of 10,000 events (and -raw: an ordered consumer)\n  \
+               open-case  OpenCase/s and latency over gRPC, 64 clients, intake in-process\n  \
+               fulfil   cases/s from promise_made to promise_kept, 3 simulated steps (and -external: 3 steps by a gRPC worker)\n  \
+               deadlines  100,000 pending promise deadlines in recovery: promise_broken lateness p50/p99, memory\n  \
+               replay-ledger  one 10,000-event case: archive rebuild from the stream, ReplayCase and GetHistory events/s\n  \
+               subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
         );
@@ -37,6 +46,10 @@ async fn main() -> ExitCode {
         match a.as_str() {
             "append" => append::append().await,
             "replay" => append::replay().await,
+            "open-case" => open_case::open_case().await,
+            "fulfil" => fulfil::fulfil().await,
+            "deadlines" => deadlines::deadlines().await,
+            "replay-ledger" | "subscribe" => ledger::run(a).await,
             "all" => {
                 append::append().await;
                 append::replay().await;

@@ -51,7 +51,10 @@ pub fn release_bins() -> &'static Path {
             cmd.args(["-p", &format!("casework-{s}")]);
         }
         let status = cmd.status().expect("run cargo build --release");
-        assert!(status.success(), "cargo build --release of the services failed");
+        assert!(
+            status.success(),
+            "cargo build --release of the services failed"
+        );
         target.join("release")
     })
 }
@@ -66,16 +69,17 @@ fn free_port() -> u16 {
 /// The NATS users of the system (every service its own, plus admin and
 /// integrator), all with password `pw-<user>`.
 pub fn nats_users() -> String {
-    let mut users: Vec<(Principal, String, String)> = vec![(
-        Principal::Admin,
-        "admin".to_owned(),
-        "pw-admin".to_owned(),
-    )];
+    let mut users: Vec<(Principal, String, String)> =
+        vec![(Principal::Admin, "admin".to_owned(), "pw-admin".to_owned())];
     for w in Writer::ALL {
         users.push((Principal::Writer(w), w.to_string(), format!("pw-{w}")));
     }
     users.push((Principal::Ledger, "ledger".into(), "pw-ledger".into()));
-    users.push((Principal::Integrator, "integrator".into(), "pw-integrator".into()));
+    users.push((
+        Principal::Integrator,
+        "integrator".into(),
+        "pw-integrator".into(),
+    ));
     let refs: Vec<(Principal, &str, &str)> = users
         .iter()
         .map(|(p, u, pw)| (*p, u.as_str(), pw.as_str()))
@@ -233,7 +237,11 @@ impl System {
             p.spawn();
             services.insert(name, p);
         }
-        let mut sys = System { nats, services, dir };
+        let mut sys = System {
+            nats,
+            services,
+            dir,
+        };
         for s in sys.services.values_mut() {
             s.wait_ready(Duration::from_secs(60));
         }

@@ -1,0 +1,294 @@
+//! The gRPC service `casework.intake.v1.Intake`: validate, decide from the
+//! log (the truth for decisions), append with optimistic concurrency, make
+//! the write visible in this replica's read model, answer. Reads come from
+//! the read model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use casework_caselog::{CaseKey, CaseLog, StoredEvent};
+use casework_catalog::Catalogs;
+use casework_domain::chain::timestamp;
+use casework_domain::pb::envelope::Payload;
+use casework_domain::{CaseId, pb};
+use casework_proto::intake::v1 as api;
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use crate::decide::{self, CaseView, RequestOutcome};
+use crate::error::{Error, Result};
+use crate::readmodel::{ReadModel, promise_to_api};
+use crate::validate::{self, CaseRequest};
+
+/// Decide-append rounds on a busy case before giving up (UNAVAILABLE).
+const MAX_ROUNDS: usize = 8;
+
+/// The intake gRPC service.
+#[derive(Debug, Clone)]
+pub struct IntakeApi {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: Arc<dyn CaseLog>,
+    catalogs: Catalogs,
+    read_model: ReadModel,
+    read_your_writes: Duration,
+}
+
+fn view_of(events: &[StoredEvent]) -> CaseView {
+    CaseView::fold(events.iter().map(|e| &e.envelope))
+}
+
+impl IntakeApi {
+    /// The service over `log`, promising with `catalogs.current()`.
+    pub fn new(
+        log: Arc<dyn CaseLog>,
+        catalogs: Catalogs,
+        read_model: ReadModel,
+        read_your_writes: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                log,
+                catalogs,
+                read_model,
+                read_your_writes,
+            }),
+        }
+    }
+
+    /// Makes the case visible in this replica's read model up to stream
+    /// sequence `seq`: waits for the tail, or applies the case itself.
+    async fn make_visible(&self, case: &CaseKey, seq: u64) -> Result<()> {
+        let i = &self.inner;
+        if i.read_model.wait_for(seq, i.read_your_writes).await {
+            return Ok(());
+        }
+        let events = i.log.read(case, 0).await?;
+        i.read_model.apply(events, None).await;
+        Ok(())
+    }
+
+    async fn open_case(&self, req: api::OpenCaseRequest) -> Result<api::OpenCaseResponse> {
+        let i = &self.inner;
+        let catalog = i.catalogs.current();
+        let cmd = validate::open_case(&req, catalog)?;
+        let service = catalog
+            .service(&cmd.service_code)
+            .ok_or_else(|| Error::Internal("validated service vanished".into()))?;
+        let case_id = match &cmd.idempotency_key {
+            Some(k) => CaseId::derive(&cmd.tenant, k),
+            None => CaseId::from_ulid(ulid::Ulid::new()),
+        };
+        let case = CaseKey {
+            tenant: cmd.tenant.clone(),
+            case_id: case_id.clone(),
+        };
+        let now = Utc::now();
+        let events = decide::decide_open(&cmd, &case_id, service, catalog, now);
+        let promise = match &events[1].payload {
+            Payload::PromiseMade(p) => promise_to_api(p),
+            _ => return Err(Error::Internal("decide_open broke its shape".into())),
+        };
+        match i.log.append(&case, None, events).await {
+            Ok(a) if !a.already => {
+                metrics::counter!(
+                    "casework_cases_opened_total",
+                    "tenant" => cmd.tenant.to_string(),
+                    "service" => cmd.service_code.clone()
+                )
+                .increment(1);
+                self.make_visible(&case, a.head.stream_seq).await?;
+                Ok(api::OpenCaseResponse {
+                    case_id: case_id.to_string(),
+                    promise: Some(promise),
+                    opened_at: Some(timestamp(now)),
+                    replayed: false,
+                })
+            }
+            Ok(_) => self.replay_open(&case, &cmd).await,
+            Err(e) if e.is_conflict() => self.replay_open(&case, &cmd).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Answers an OpenCase whose case already exists (a retry with the same
+    /// idempotency key) from the case's own events.
+    async fn replay_open(
+        &self,
+        case: &CaseKey,
+        cmd: &validate::OpenCase,
+    ) -> Result<api::OpenCaseResponse> {
+        let events = self.inner.log.read(case, 0).await?;
+        let view = view_of(&events);
+        let (Some(opened), Some(promise)) = (&view.state.opened, &view.promise_made) else {
+            return Err(Error::Internal(format!(
+                "case {case} exists but does not start with case_opened and promise_made"
+            )));
+        };
+        if !decide::same_request(opened, cmd) {
+            return Err(Error::AlreadyExists(format!(
+                "idempotency_key {:?} was already used for another request (customer {:?}, service {:?}); \
+                 use a new key for a new request",
+                cmd.idempotency_key.as_deref().unwrap_or_default(),
+                opened.customer_id,
+                opened.service_code
+            )));
+        }
+        if let Some(last) = events.last() {
+            self.make_visible(case, last.stream_seq).await?;
+        }
+        Ok(api::OpenCaseResponse {
+            case_id: case.case_id.to_string(),
+            promise: Some(promise_to_api(promise)),
+            opened_at: view.state.opened_at.map(timestamp),
+            replayed: true,
+        })
+    }
+
+    /// Records a request about an existing case: decide from the log,
+    /// append after its head, retry on conflict.
+    async fn record<T: Clone + Send + Sync>(
+        &self,
+        req: CaseRequest<T>,
+        to_payload: fn(T) -> Payload,
+    ) -> Result<api::Recorded> {
+        let i = &self.inner;
+        let case = CaseKey {
+            tenant: req.tenant.clone(),
+            case_id: req.case_id.clone(),
+        };
+        let fresh = ulid::Ulid::new().to_string();
+        for _ in 0..MAX_ROUNDS {
+            let events = i.log.read(&case, 0).await?;
+            let view = view_of(&events);
+            match decide::decide_request(&view, &req, to_payload, &fresh, Utc::now())? {
+                RequestOutcome::Replayed { event_id, sequence } => {
+                    if let Some(last) = events.last() {
+                        self.make_visible(&case, last.stream_seq).await?;
+                    }
+                    return Ok(api::Recorded {
+                        case_id: case.case_id.to_string(),
+                        event_id,
+                        sequence,
+                        replayed: true,
+                    });
+                }
+                RequestOutcome::Append(event) => {
+                    let event_id = event.event_id.to_string();
+                    let head = events.last().map(StoredEvent::head);
+                    match i.log.append(&case, head.as_ref(), vec![*event]).await {
+                        Ok(a) => {
+                            self.make_visible(&case, a.head.stream_seq).await?;
+                            return Ok(api::Recorded {
+                                case_id: case.case_id.to_string(),
+                                event_id,
+                                sequence: a.head.case_seq,
+                                replayed: a.already,
+                            });
+                        }
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "case {case} kept changing under {MAX_ROUNDS} attempts; retry with the same request_id"
+        )))
+    }
+
+    async fn get_case(&self, req: api::GetCaseRequest) -> Result<api::Case> {
+        let case = CaseKey {
+            tenant: validate::tenant(&req.tenant)?,
+            case_id: validate::case_id(&req.case_id)?,
+        };
+        let rm = &self.inner.read_model;
+        if let Some(c) = rm.get(&case, Utc::now()).await {
+            return Ok(c);
+        }
+        // Not (yet) in this replica's read model: the case may have been
+        // opened on another replica a moment ago, or the model may still be
+        // catching up. The log decides.
+        let events = self.inner.log.read(&case, 0).await?;
+        if events.is_empty() {
+            return Err(Error::NotFound {
+                tenant: case.tenant.to_string(),
+                case_id: case.case_id.to_string(),
+            });
+        }
+        rm.apply(events, None).await;
+        rm.get(&case, Utc::now())
+            .await
+            .ok_or_else(|| Error::Internal(format!("case {case} vanished from the read model")))
+    }
+}
+
+#[tonic::async_trait]
+impl api::intake_server::Intake for IntakeApi {
+    async fn open_case(
+        &self,
+        request: Request<api::OpenCaseRequest>,
+    ) -> Result<Response<api::OpenCaseResponse>, Status> {
+        Ok(Response::new(
+            IntakeApi::open_case(self, request.into_inner()).await?,
+        ))
+    }
+
+    async fn record_interaction(
+        &self,
+        request: Request<api::RecordInteractionRequest>,
+    ) -> Result<Response<api::RecordInteractionResponse>, Status> {
+        let req = validate::record_interaction(&request.into_inner())?;
+        let recorded = self.record(req, Payload::InteractionRecorded).await?;
+        Ok(Response::new(api::RecordInteractionResponse {
+            recorded: Some(recorded),
+        }))
+    }
+
+    async fn submit_feedback(
+        &self,
+        request: Request<api::SubmitFeedbackRequest>,
+    ) -> Result<Response<api::SubmitFeedbackResponse>, Status> {
+        let req = validate::submit_feedback(&request.into_inner())?;
+        let recorded = self.record(req, Payload::FeedbackReceived).await?;
+        Ok(Response::new(api::SubmitFeedbackResponse {
+            recorded: Some(recorded),
+        }))
+    }
+
+    async fn withdraw_case(
+        &self,
+        request: Request<api::WithdrawCaseRequest>,
+    ) -> Result<Response<api::WithdrawCaseResponse>, Status> {
+        let req = validate::withdraw_case(&request.into_inner())?;
+        let recorded = self
+            .record(req, |w: pb::CaseWithdrawn| Payload::CaseWithdrawn(w))
+            .await?;
+        Ok(Response::new(api::WithdrawCaseResponse {
+            recorded: Some(recorded),
+        }))
+    }
+
+    async fn get_case(
+        &self,
+        request: Request<api::GetCaseRequest>,
+    ) -> Result<Response<api::GetCaseResponse>, Status> {
+        let case = IntakeApi::get_case(self, request.into_inner()).await?;
+        Ok(Response::new(api::GetCaseResponse { case: Some(case) }))
+    }
+
+    async fn list_cases(
+        &self,
+        request: Request<api::ListCasesRequest>,
+    ) -> Result<Response<api::ListCasesResponse>, Status> {
+        let q = validate::list_cases(&request.into_inner())?;
+        let (cases, next) = self.inner.read_model.list(q, Utc::now()).await;
+        Ok(Response::new(api::ListCasesResponse {
+            cases,
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,739 @@
+//! The pure core of the front stage: what intake knows about a case (a fold
+//! of its events, [`CaseView`]), and what it decides — opening a case with
+//! its promise, recording a request on a case, and closing a case
+//! ([`decide_close`]). No I/O, no clock, no randomness: `now` and fresh ids
+//! come in as arguments.
+
+use std::collections::{BTreeSet, HashMap};
+
+use casework_catalog::{Catalog, ServiceDef};
+use casework_domain::chain::timestamp;
+use casework_domain::pb::{self, Envelope, Resolution, envelope::Payload};
+use casework_domain::{CaseId, CaseState, EventId, EventType, NewEvent, evolve};
+use casework_runtime::reconcile::Decision;
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::validate::{CaseRequest, OpenCase};
+
+/// What intake knows about a case: the shared [`CaseState`] plus the facts
+/// the closing rule and request idempotency need.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CaseView {
+    /// The generic case state.
+    pub state: CaseState,
+    /// The promise as made (with the catalogue pin and deadline rule).
+    pub promise_made: Option<pb::PromiseMade>,
+    /// Correlation id of the case (that of its `case_opened`).
+    pub correlation_id: String,
+    /// True once the customer withdrew (even if later events changed the
+    /// status).
+    pub withdrawn: bool,
+    /// Recoveries started and not yet completed.
+    pub open_recoveries: BTreeSet<u32>,
+    /// True when the last fulfilment run failed for good and no retry or new
+    /// run followed.
+    pub failed_for_good: bool,
+    /// True when a recovery handles the last `fulfilment_failed`: one was
+    /// open when it happened (its ladder goes on) or started after it.
+    pub recovery_covers_failure: bool,
+    /// Outcome of the last completed recovery.
+    pub last_recovery_outcome: Option<pb::RecoveryOutcome>,
+    /// Intake's request events by id: per-case sequence and payload (for
+    /// idempotent retries of RecordInteraction, SubmitFeedback and
+    /// WithdrawCase).
+    pub requests: HashMap<String, (u64, Payload)>,
+}
+
+impl CaseView {
+    /// Folds a whole log.
+    pub fn fold<'a>(events: impl IntoIterator<Item = &'a Envelope>) -> Self {
+        let mut v = CaseView::default();
+        for e in events {
+            v.apply(e);
+        }
+        v
+    }
+
+    /// Folds one event.
+    pub fn apply(&mut self, e: &Envelope) {
+        self.state = evolve(std::mem::take(&mut self.state), e);
+        let Some(p) = &e.payload else { return };
+        match p {
+            Payload::CaseOpened(_) => self.correlation_id = e.correlation_id.clone(),
+            Payload::PromiseMade(m) => self.promise_made = Some(m.clone()),
+            Payload::CaseWithdrawn(_) => self.withdrawn = true,
+            Payload::FulfilmentFailed(_) => {
+                self.failed_for_good = true;
+                self.recovery_covers_failure = !self.open_recoveries.is_empty();
+            }
+            Payload::RetryRequested(_)
+            | Payload::FulfilmentStarted(_)
+            | Payload::PromiseKept(_) => {
+                self.failed_for_good = false;
+            }
+            Payload::RecoveryStarted(r) => {
+                self.open_recoveries.insert(r.recovery);
+                self.recovery_covers_failure = true;
+            }
+            Payload::RecoveryCompleted(r) => {
+                self.open_recoveries.remove(&r.recovery);
+                self.last_recovery_outcome = pb::RecoveryOutcome::try_from(r.outcome).ok();
+            }
+            _ => {}
+        }
+        if matches!(
+            p,
+            Payload::InteractionRecorded(_)
+                | Payload::FeedbackReceived(_)
+                | Payload::CaseWithdrawn(_)
+        ) {
+            self.requests
+                .insert(e.event_id.clone(), (e.sequence, p.clone()));
+        }
+    }
+
+    /// True when the case has no events.
+    pub fn is_empty(&self) -> bool {
+        self.state.events == 0
+    }
+}
+
+/// The events that open a case and make its promise, appended atomically.
+/// Their ids derive from the idempotency key (or the case id), so the same
+/// request always yields the same events.
+pub fn decide_open(
+    cmd: &OpenCase,
+    case_id: &CaseId,
+    service: &ServiceDef,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Vec<NewEvent> {
+    let cause = cmd
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| case_id.to_string());
+    let correlation_id = case_id.to_string();
+    let opened = pb::CaseOpened {
+        customer_id: cmd.customer_id.clone(),
+        channel: cmd.channel as i32,
+        purchase_stage: cmd.stage as i32,
+        service_code: cmd.service_code.clone(),
+        summary: cmd.summary.clone(),
+        attributes: cmd.attributes.clone(),
+        idempotency_key: cmd.idempotency_key.clone().unwrap_or_default(),
+        opened_by: cmd.opened_by.clone(),
+    };
+    let promise = pb::PromiseMade {
+        service_code: service.code.clone(),
+        catalog_version: catalog.version().to_string(),
+        catalog_digest: catalog.digest().to_owned(),
+        deadline: Some(timestamp(service.promise_deadline(now))),
+        promised_outcome: service.promise.outcome.clone(),
+        deadline_rule: service.promise.deadline.to_string(),
+        calendar: service
+            .promise
+            .calendar
+            .as_ref()
+            .map(|c| c.name().to_owned())
+            .unwrap_or_default(),
+    };
+    let event = |key: &str, payload| NewEvent {
+        event_id: EventId::derive(case_id, &cause, key),
+        occurred_at: now,
+        causation_id: String::new(),
+        correlation_id: correlation_id.clone(),
+        payload,
+    };
+    vec![
+        event("case_opened", Payload::CaseOpened(opened)),
+        event("promise_made", Payload::PromiseMade(promise)),
+    ]
+}
+
+/// True when an existing case was opened by the same request as `cmd` (a
+/// retry), false when the idempotency key was used for another request.
+/// Who opened it is not compared (another agent may retry).
+pub fn same_request(existing: &pb::CaseOpened, cmd: &OpenCase) -> bool {
+    existing.customer_id == cmd.customer_id
+        && existing.channel == cmd.channel as i32
+        && existing.purchase_stage == cmd.stage as i32
+        && existing.service_code == cmd.service_code
+        && existing.summary == cmd.summary
+        && existing.attributes == cmd.attributes
+}
+
+/// What to do with a request about an existing case.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutcome {
+    /// Append this event.
+    Append(Box<NewEvent>),
+    /// The request was already recorded (a retry): its event id and per-case
+    /// sequence.
+    Replayed {
+        /// The recorded event.
+        event_id: String,
+        /// Its per-case sequence.
+        sequence: u64,
+    },
+}
+
+fn wrap<T: Clone>(req: &CaseRequest<T>) -> T {
+    req.payload.clone()
+}
+
+/// Decides a request about an existing case: checks the case's state
+/// (NOT_FOUND, FAILED_PRECONDITION), recognises a retry by its request id,
+/// and otherwise returns the event to append. `fresh` is the cause used
+/// when the client gave no request id.
+pub fn decide_request<T: Clone>(
+    view: &CaseView,
+    req: &CaseRequest<T>,
+    to_payload: fn(T) -> Payload,
+    fresh: &str,
+    now: DateTime<Utc>,
+) -> Result<RequestOutcome> {
+    if view.is_empty() {
+        return Err(Error::NotFound {
+            tenant: req.tenant.to_string(),
+            case_id: req.case_id.to_string(),
+        });
+    }
+    let payload = to_payload(wrap(req));
+    let event_type = EventType::of(&payload);
+    let cause = req.request_id.as_deref().unwrap_or(fresh);
+    let event_id = EventId::derive(&req.case_id, cause, event_type.as_str());
+    if let Some((sequence, recorded)) = view.requests.get(event_id.as_str()) {
+        if recorded != &payload {
+            return Err(Error::AlreadyExists(format!(
+                "request_id {:?} was already used for a different {event_type} on this case; use a new request id",
+                req.request_id.as_deref().unwrap_or_default()
+            )));
+        }
+        return Ok(RequestOutcome::Replayed {
+            event_id: event_id.to_string(),
+            sequence: *sequence,
+        });
+    }
+    let s = &view.state;
+    let case = format!("case {}/{}", req.tenant, req.case_id);
+    match &payload {
+        Payload::InteractionRecorded(_) if s.is_closed() => {
+            return Err(Error::FailedPrecondition(format!(
+                "{case} is closed; interactions can no longer be recorded (open a new case)"
+            )));
+        }
+        Payload::FeedbackReceived(_) if view.withdrawn => {
+            return Err(Error::FailedPrecondition(format!(
+                "{case} was withdrawn by the customer; there is no experience to rate"
+            )));
+        }
+        Payload::CaseWithdrawn(_) => {
+            if s.is_closed() {
+                return Err(Error::FailedPrecondition(format!(
+                    "{case} is already closed; it cannot be withdrawn"
+                )));
+            }
+            if view.withdrawn {
+                return Err(Error::FailedPrecondition(format!(
+                    "{case} is already withdrawn"
+                )));
+            }
+            if s.promise_kept {
+                return Err(Error::FailedPrecondition(format!(
+                    "{case}: the promised outcome was already delivered; it cannot be withdrawn"
+                )));
+            }
+        }
+        _ => {}
+    }
+    Ok(RequestOutcome::Append(Box::new(NewEvent {
+        event_id,
+        occurred_at: now,
+        causation_id: String::new(),
+        correlation_id: if view.correlation_id.is_empty() {
+            req.case_id.to_string()
+        } else {
+            view.correlation_id.clone()
+        },
+        payload,
+    })))
+}
+
+/// The effect of closing a case (performed after the append: a metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// The resolution the case was closed with.
+    pub resolution: Resolution,
+}
+
+/// The resolution a case should be closed with now, if any (the closing
+/// rule of the brief): never twice; never while a recovery is open; then
+/// withdrawn → WITHDRAWN; kept → PROMISE_KEPT (RECOVERED if any recovery
+/// ever started); failed for good, no retry after it, and the recovery that
+/// followed completed → RECOVERED if it recovered, else UNRESOLVED.
+pub fn closing_resolution(view: &CaseView) -> Option<Resolution> {
+    let s = &view.state;
+    if s.is_closed() || s.opened.is_none() || !view.open_recoveries.is_empty() {
+        return None;
+    }
+    if view.withdrawn {
+        return Some(Resolution::Withdrawn);
+    }
+    if s.promise_kept {
+        return Some(if s.recoveries == 0 {
+            Resolution::PromiseKept
+        } else {
+            Resolution::Recovered
+        });
+    }
+    if view.failed_for_good && view.recovery_covers_failure {
+        return Some(match view.last_recovery_outcome {
+            Some(pb::RecoveryOutcome::Recovered) => Resolution::Recovered,
+            _ => Resolution::Unresolved,
+        });
+    }
+    None
+}
+
+/// What the customer is told when the case closes.
+pub fn notification(view: &CaseView, resolution: Resolution) -> String {
+    let outcome = view
+        .state
+        .promise
+        .as_ref()
+        .map(|p| p.outcome.as_str())
+        .unwrap_or("your request");
+    match resolution {
+        Resolution::PromiseKept if view.state.kept_late => {
+            format!("Done, though later than we promised: {outcome}. We are sorry for the delay.")
+        }
+        Resolution::PromiseKept => format!("Done as promised: {outcome}."),
+        Resolution::Recovered if view.state.promise_kept => {
+            format!("Done: {outcome}. We are sorry it did not go as smoothly as it should have.")
+        }
+        Resolution::Recovered => format!(
+            "We could not deliver what we promised ({outcome}), and we are sorry; we have made it up to you as agreed."
+        ),
+        Resolution::Withdrawn => {
+            "Your request was withdrawn as you asked; nothing further will be done.".to_owned()
+        }
+        Resolution::Unresolved | Resolution::Unspecified => format!(
+            "We could not deliver what we promised ({outcome}). We are sorry; your case has been handed to a specialist team who will contact you."
+        ),
+    }
+}
+
+/// Decides whether to close the case now: `customer_notified` and
+/// `case_closed` atomically, on the channel the case was opened on. The ids
+/// derive from the case alone (a case is closed once), so two replicas, a
+/// redelivery or a retried append all produce the same events.
+pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
+    let Some(resolution) = closing_resolution(view) else {
+        return Decision::default();
+    };
+    let Ok(case_id) = CaseId::parse(&view.state.case_id) else {
+        return Decision::default();
+    };
+    let channel = view.state.opened.as_ref().map_or(0, |o| o.channel);
+    let message = notification(view, resolution);
+    let event = |key: &str, payload| NewEvent {
+        event_id: EventId::derive(&case_id, case_id.as_str(), key),
+        occurred_at: now,
+        causation_id: view.state.last_event_id.clone(),
+        correlation_id: if view.correlation_id.is_empty() {
+            case_id.to_string()
+        } else {
+            view.correlation_id.clone()
+        },
+        payload,
+    };
+    Decision {
+        events: vec![
+            event(
+                "customer_notified",
+                Payload::CustomerNotified(pb::CustomerNotified {
+                    channel,
+                    message: message.clone(),
+                    resolution: resolution as i32,
+                }),
+            ),
+            event(
+                "case_closed",
+                Payload::CaseClosed(pb::CaseClosed {
+                    resolution: resolution as i32,
+                    summary: message,
+                }),
+            ),
+        ],
+        effects: vec![Closed { resolution }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casework_domain::Tenant;
+
+    const CASE: &str = "01JD8X3V5R6M2Q4T7W9Y0Z1A2B";
+
+    fn env(seq: u64, payload: Payload) -> Envelope {
+        Envelope {
+            event_id: format!("E{seq}"),
+            tenant: "acme".into(),
+            case_id: CASE.into(),
+            sequence: seq,
+            event_type: EventType::of(&payload).to_string(),
+            correlation_id: CASE.into(),
+            occurred_at: Some(timestamp(
+                DateTime::from_timestamp(1_700_000_000 + seq as i64, 0).unwrap(),
+            )),
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
+
+    fn opened() -> Vec<Payload> {
+        vec![
+            Payload::CaseOpened(pb::CaseOpened {
+                channel: pb::Channel::Chat as i32,
+                ..Default::default()
+            }),
+            Payload::PromiseMade(pb::PromiseMade {
+                promised_outcome: "Money back".into(),
+                ..Default::default()
+            }),
+        ]
+    }
+
+    fn view(payloads: Vec<Payload>) -> CaseView {
+        let envs: Vec<Envelope> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| env(i as u64 + 1, p))
+            .collect();
+        CaseView::fold(&envs)
+    }
+
+    fn kept(late: bool) -> Payload {
+        Payload::PromiseKept(pb::PromiseKept {
+            run: 1,
+            late,
+            ..Default::default()
+        })
+    }
+    fn started(n: u32) -> Payload {
+        Payload::RecoveryStarted(pb::RecoveryStarted {
+            recovery: n,
+            ..Default::default()
+        })
+    }
+    fn completed(n: u32, o: pb::RecoveryOutcome) -> Payload {
+        Payload::RecoveryCompleted(pb::RecoveryCompleted {
+            recovery: n,
+            outcome: o as i32,
+            ..Default::default()
+        })
+    }
+    fn failed() -> Payload {
+        Payload::FulfilmentFailed(pb::FulfilmentFailed::default())
+    }
+    fn run(n: u32) -> Payload {
+        Payload::FulfilmentStarted(pb::FulfilmentStarted {
+            run: n,
+            ..Default::default()
+        })
+    }
+    fn retry() -> Payload {
+        Payload::RetryRequested(pb::RetryRequested::default())
+    }
+    fn withdrawn() -> Payload {
+        Payload::CaseWithdrawn(pb::CaseWithdrawn::default())
+    }
+    fn closed() -> Payload {
+        Payload::CaseClosed(pb::CaseClosed {
+            resolution: Resolution::PromiseKept as i32,
+            ..Default::default()
+        })
+    }
+    fn feedback(score: u32) -> Payload {
+        Payload::FeedbackReceived(pb::FeedbackReceived {
+            score,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn closing_rule_given_when_then() {
+        use Resolution as R;
+        use pb::RecoveryOutcome as O;
+        // given the events after case_opened + promise_made / then the
+        // resolution intake closes with (None: not yet)
+        let table: Vec<(&str, Vec<Payload>, Option<R>)> = vec![
+            ("just opened", vec![], None),
+            ("fulfilling", vec![run(1)], None),
+            ("kept", vec![run(1), kept(false)], Some(R::PromiseKept)),
+            ("kept late", vec![run(1), kept(true)], Some(R::PromiseKept)),
+            ("withdrawn", vec![withdrawn()], Some(R::Withdrawn)),
+            (
+                "withdrawn while fulfilling",
+                vec![run(1), withdrawn()],
+                Some(R::Withdrawn),
+            ),
+            (
+                "withdrawn with a recovery open",
+                vec![run(1), failed(), started(1), withdrawn()],
+                None,
+            ),
+            (
+                "kept while a feedback recovery is open",
+                vec![feedback(1), started(1), run(1), kept(false)],
+                None,
+            ),
+            (
+                "kept after a recovery",
+                vec![
+                    run(1),
+                    failed(),
+                    started(1),
+                    retry(),
+                    run(2),
+                    kept(false),
+                    completed(1, O::Recovered),
+                ],
+                Some(R::Recovered),
+            ),
+            (
+                "retry requested, recovery waiting for the run",
+                vec![run(1), failed(), started(1), retry()],
+                None,
+            ),
+            (
+                "failed, recovery not started yet",
+                vec![run(1), failed()],
+                None,
+            ),
+            (
+                "failed, recovery open",
+                vec![run(1), failed(), started(1)],
+                None,
+            ),
+            (
+                "failed, recovered by apology and compensation",
+                vec![run(1), failed(), started(1), completed(1, O::Recovered)],
+                Some(R::Recovered),
+            ),
+            (
+                "failed, escalated",
+                vec![run(1), failed(), started(1), completed(1, O::Escalated)],
+                Some(R::Unresolved),
+            ),
+            (
+                "failed, customer lost",
+                vec![run(1), failed(), started(1), completed(1, O::CustomerLost)],
+                Some(R::Unresolved),
+            ),
+            (
+                "retried run failed again, no recovery for it yet",
+                vec![run(1), failed(), started(1), retry(), run(2), failed()],
+                None,
+            ),
+            (
+                "retried run failed again, escalated",
+                vec![
+                    run(1),
+                    failed(),
+                    started(1),
+                    retry(),
+                    run(2),
+                    failed(),
+                    completed(1, O::Escalated),
+                ],
+                Some(R::Unresolved),
+            ),
+            (
+                "an old feedback recovery does not close a fresh failure",
+                vec![
+                    feedback(1),
+                    started(1),
+                    completed(1, O::Recovered),
+                    run(1),
+                    failed(),
+                ],
+                None,
+            ),
+            ("already closed", vec![run(1), kept(false), closed()], None),
+            (
+                "closed, then late feedback",
+                vec![run(1), kept(false), closed(), feedback(1)],
+                None,
+            ),
+        ];
+        for (name, events, want) in table {
+            let mut all = opened();
+            all.extend(events);
+            let v = view(all);
+            assert_eq!(closing_resolution(&v), want, "{name}");
+            let d = decide_close(&v, Utc::now());
+            assert_eq!(d.events.len(), if want.is_some() { 2 } else { 0 }, "{name}");
+        }
+    }
+
+    #[test]
+    fn closing_events_are_deterministic_and_on_the_opening_channel() {
+        let mut all = opened();
+        all.extend([run(1), kept(false)]);
+        let v = view(all);
+        let a = decide_close(&v, Utc::now());
+        let b = decide_close(&v, Utc::now() + chrono::Duration::seconds(5));
+        let ids = |d: &Decision<Closed>| {
+            d.events
+                .iter()
+                .map(|e| e.event_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&a), ids(&b));
+        let Payload::CustomerNotified(n) = &a.events[0].payload else {
+            panic!("customer_notified first")
+        };
+        assert_eq!(n.channel, pb::Channel::Chat as i32);
+        assert!(n.message.contains("Money back"), "{}", n.message);
+        assert!(matches!(a.events[1].payload, Payload::CaseClosed(_)));
+        assert_eq!(
+            a.effects,
+            vec![Closed {
+                resolution: Resolution::PromiseKept
+            }]
+        );
+    }
+
+    fn req<T>(payload: T, request_id: Option<&str>) -> CaseRequest<T> {
+        CaseRequest {
+            tenant: Tenant::parse("acme").unwrap(),
+            case_id: CaseId::parse(CASE).unwrap(),
+            request_id: request_id.map(str::to_owned),
+            payload,
+        }
+    }
+
+    #[test]
+    fn requests_given_when_then() {
+        let now = Utc::now();
+        let fb = |score| {
+            req(
+                pb::FeedbackReceived {
+                    score,
+                    ..Default::default()
+                },
+                Some("r1"),
+            )
+        };
+        let wd = req(pb::CaseWithdrawn::default(), None);
+        let ir = req(pb::InteractionRecorded::default(), None);
+        // unknown case
+        assert!(matches!(
+            decide_request(&view(vec![]), &fb(3), Payload::FeedbackReceived, "x", now),
+            Err(Error::NotFound { .. })
+        ));
+        let open = view(opened());
+        assert!(matches!(
+            decide_request(&open, &wd, Payload::CaseWithdrawn, "x", now),
+            Ok(RequestOutcome::Append(_))
+        ));
+        let mut w = opened();
+        w.push(withdrawn());
+        let w = view(w);
+        // feedback on a withdrawn case; withdrawing twice
+        assert!(matches!(
+            decide_request(&w, &fb(3), Payload::FeedbackReceived, "x", now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            decide_request(&w, &wd, Payload::CaseWithdrawn, "x", now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let mut c = opened();
+        c.extend([run(1), kept(false), closed()]);
+        let c = view(c);
+        // closed: no withdrawal, no interaction, feedback still recorded
+        assert!(matches!(
+            decide_request(&c, &wd, Payload::CaseWithdrawn, "x", now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            decide_request(&c, &ir, Payload::InteractionRecorded, "x", now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let Ok(RequestOutcome::Append(e)) =
+            decide_request(&c, &fb(1), Payload::FeedbackReceived, "x", now)
+        else {
+            panic!("feedback on a closed case is recorded")
+        };
+        // the same request id again is a replay; with another body a refusal
+        let mut envs: Vec<Envelope> = opened()
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| env(i as u64 + 1, p))
+            .collect();
+        let mut recorded = env(3, e.payload.clone());
+        recorded.event_id = e.event_id.to_string();
+        envs.push(recorded);
+        let v = CaseView::fold(&envs);
+        assert_eq!(
+            decide_request(&v, &fb(1), Payload::FeedbackReceived, "y", now).unwrap(),
+            RequestOutcome::Replayed {
+                event_id: e.event_id.to_string(),
+                sequence: 3
+            }
+        );
+        assert!(matches!(
+            decide_request(&v, &fb(5), Payload::FeedbackReceived, "y", now),
+            Err(Error::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn opening_is_deterministic_per_key_and_pins_the_catalogue() {
+        let catalog = casework_catalog::sample();
+        let service = catalog.service("refund").unwrap();
+        let cmd = OpenCase {
+            tenant: Tenant::parse("acme").unwrap(),
+            customer_id: "c1".into(),
+            channel: pb::Channel::Web,
+            stage: pb::PurchaseStage::PostPurchase,
+            service_code: "refund".into(),
+            summary: String::new(),
+            attributes: Default::default(),
+            idempotency_key: Some("k1".into()),
+            opened_by: None,
+        };
+        let id = CaseId::derive(&cmd.tenant, "k1");
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let a = decide_open(&cmd, &id, service, &catalog, now);
+        let b = decide_open(
+            &cmd,
+            &id,
+            service,
+            &catalog,
+            now + chrono::Duration::hours(1),
+        );
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].event_id, b[0].event_id);
+        assert_eq!(a[1].event_id, b[1].event_id);
+        let Payload::PromiseMade(p) = &a[1].payload else {
+            panic!("promise_made second")
+        };
+        assert_eq!(p.catalog_version, catalog.version().to_string());
+        assert_eq!(p.catalog_digest, catalog.digest());
+        assert_eq!(p.deadline, Some(timestamp(service.promise_deadline(now))));
+        assert_eq!(p.deadline_rule, "3 business days");
+        assert_eq!(p.calendar, "berlin_office");
+        let Payload::CaseOpened(o) = &a[0].payload else {
+            panic!("case_opened first")
+        };
+        assert!(same_request(o, &cmd));
+        let mut other = cmd.clone();
+        other.customer_id = "c2".into();
+        assert!(!same_request(o, &other));
+    }
+}

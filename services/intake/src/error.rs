@@ -1,0 +1,82 @@
+//! The crate's one error enum and the one function that turns it into a gRPC
+//! status.
+
+use casework_caselog::Error as LogError;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is missing, malformed or too long.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field, as named in the proto (e.g. `service_code`).
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// No such case.
+    #[error("case {tenant}/{case_id} not found")]
+    NotFound {
+        /// The tenant asked for.
+        tenant: String,
+        /// The case id asked for.
+        case_id: String,
+    },
+    /// The case's state does not allow the request.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// An idempotency key or request id was used for a different request.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The log refused or could not be reached.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The case kept changing under us, or another transient condition.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or corrupt data.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result alias with the crate's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An `InvalidArgument` for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The one mapping from errors to gRPC statuses.
+pub fn to_status(e: Error) -> tonic::Status {
+    use tonic::Status;
+    match &e {
+        Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        Error::NotFound { .. } => Status::not_found(e.to_string()),
+        Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        Error::Unavailable(_) => Status::unavailable(e.to_string()),
+        Error::Internal(_) => Status::internal(e.to_string()),
+        Error::Log(l) => match l {
+            LogError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            LogError::Conflict { .. } | LogError::Unavailable(_) | LogError::Nats(_) => {
+                Status::unavailable(format!("{e}; retry with the same idempotency key"))
+            }
+            _ => {
+                tracing::error!(error = %e, "log error");
+                Status::internal(e.to_string())
+            }
+        },
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        to_status(e)
+    }
+}

@@ -1,0 +1,522 @@
+//! The gRPC API (casework.ledger.v1.Ledger): every request is validated
+//! first (INVALID_ARGUMENT naming the field), read from the archive on the
+//! blocking pool, and mapped to a status by `error::to_status` only.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use casework_caselog::{CaseKey, CaseLog};
+use casework_catalog::Catalogs;
+use casework_domain::chain::{self, from_timestamp};
+use casework_domain::pb::envelope::Payload;
+use casework_domain::{CaseId, CaseState, ChainTip, EventType, RawEvent, Tenant, Writer, evolve};
+use casework_proto::ledger::v1 as api;
+use casework_proto::ledger::v1::ledger_server::Ledger;
+use casework_runtime::store::blocking;
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::archive::{Archive, CaseRecord, Filter, Row, verify_tokens};
+use crate::bundle::{self, CatalogRef};
+use crate::convert;
+use crate::error::{Error, Result, to_status};
+use crate::position;
+
+type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The ledger's gRPC service.
+#[derive(Debug, Clone)]
+pub struct LedgerApi {
+    pub(crate) archive: Archive,
+    pub(crate) log: Arc<dyn CaseLog>,
+    pub(crate) catalogs: Arc<Catalogs>,
+    pub(crate) checkpoint: watch::Receiver<u64>,
+    pub(crate) max_page_size: u32,
+    pub(crate) subscribe_batch: usize,
+}
+
+fn case_key(tenant: &str, case_id: &str) -> Result<CaseKey> {
+    let tenant = Tenant::parse(tenant).map_err(|e| Error::InvalidArgument {
+        field: "tenant",
+        why: e.to_string(),
+    })?;
+    let case_id = CaseId::parse(case_id).map_err(|e| Error::InvalidArgument {
+        field: "case_id",
+        why: e.to_string(),
+    })?;
+    Ok(CaseKey { tenant, case_id })
+}
+
+/// Every archived event of a case, in stored order.
+fn all_rows(archive: &Archive, key: &CaseKey) -> Result<(CaseRecord, Vec<Row>)> {
+    let (t, c) = (key.tenant.as_str(), key.case_id.as_str());
+    let rec = archive
+        .case(t, c)?
+        .ok_or_else(|| Error::NotFound(format!("case {key} is not in the archive")))?;
+    let rows = archive.case_events(t, c, 1, usize::MAX)?;
+    Ok((rec, rows))
+}
+
+fn catalog_of(rows: &[Row], catalogs: &Catalogs) -> Option<CatalogRef> {
+    rows.iter().find_map(|r| {
+        let env = chain::decode(&r.raw).ok()?;
+        let Some(Payload::PromiseMade(p)) = env.payload else {
+            return None;
+        };
+        let known = catalogs
+            .get(&p.catalog_version)
+            .is_some_and(|c| c.digest() == p.catalog_digest);
+        Some(CatalogRef {
+            version: p.catalog_version,
+            digest: p.catalog_digest,
+            known_to_ledger: known,
+        })
+    })
+}
+
+impl LedgerApi {
+    async fn verify_case(&self, key: CaseKey, archive_only: bool) -> Result<api::CaseVerification> {
+        let archive = self.archive.clone();
+        let k = key.clone();
+        let (rec, rows) = blocking(move || all_rows(&archive, &k)).await?;
+        self.verification(key, rec, rows, archive_only).await
+    }
+
+    async fn verification(
+        &self,
+        key: CaseKey,
+        rec: CaseRecord,
+        rows: Vec<Row>,
+        archive_only: bool,
+    ) -> Result<api::CaseVerification> {
+        let archived: Vec<RawEvent> = rows.iter().map(Row::raw_event).collect();
+        let (t, c) = (key.tenant.as_str(), key.case_id.as_str());
+        let a = verify_tokens(t, c, &archived, None);
+        let mut out = api::CaseVerification {
+            tenant: t.to_owned(),
+            case_id: c.to_owned(),
+            archive: Some(convert::verdict(&a)),
+            stream: None,
+            first_difference: 0,
+            recorded: Some(convert::chain_status(&rec)),
+            intact: a.is_intact() && rec.broken.is_none(),
+        };
+        if !archive_only {
+            let stream = self.log.read_raw(&key).await?;
+            // Events archived since are compared too; events the archive
+            // does not hold yet are judged by the chain alone.
+            let anchor = rec.anchor();
+            let s = verify_tokens(t, c, &stream, anchor);
+            out.first_difference = archived
+                .iter()
+                .zip(&stream)
+                .position(|(a, s)| a.bytes != s.bytes || a.subject != s.subject)
+                .map(|i| i as u64 + 1)
+                .or_else(|| (stream.len() < archived.len()).then_some(stream.len() as u64 + 1))
+                .unwrap_or(0);
+            out.intact = out.intact && s.is_intact() && out.first_difference == 0;
+            out.stream = Some(convert::verdict(&s));
+        }
+        Ok(out)
+    }
+}
+
+fn replay_steps(rows: &[Row], req: &api::ReplayCaseRequest) -> Result<Vec<api::ReplayStep>> {
+    let mode = api::ReplayMode::try_from(req.mode).map_err(|_| Error::InvalidArgument {
+        field: "mode",
+        why: format!("{} is not a ReplayMode", req.mode),
+    })?;
+    let at_time = match mode {
+        api::ReplayMode::AtTime => Some(from_timestamp(req.at_time.as_ref().ok_or(
+            Error::InvalidArgument {
+                field: "at_time",
+                why: "set at_time with mode REPLAY_MODE_AT_TIME".to_owned(),
+            },
+        )?)),
+        _ => None,
+    };
+    if mode == api::ReplayMode::AtSequence && req.at_sequence == 0 {
+        return Err(Error::InvalidArgument {
+            field: "at_sequence",
+            why: "set at_sequence (1 or more) with mode REPLAY_MODE_AT_SEQUENCE".to_owned(),
+        });
+    }
+    let mut state = CaseState::default();
+    let mut catalog = (String::new(), String::new());
+    let mut steps = Vec::new();
+    let mut last: Option<&Row> = None;
+    for row in rows {
+        let Ok(env) = chain::decode(&row.raw) else {
+            return Err(Error::Internal(format!(
+                "archived event at stream sequence {} does not decode; verify the case",
+                row.stream_seq
+            )));
+        };
+        match mode {
+            api::ReplayMode::AtSequence if env.sequence > req.at_sequence => break,
+            api::ReplayMode::AtTime if env.occurred_at.as_ref().map(from_timestamp) > at_time => {
+                break;
+            }
+            _ => {}
+        }
+        if let Some(Payload::PromiseMade(p)) = &env.payload {
+            catalog = (p.catalog_version.clone(), p.catalog_digest.clone());
+        }
+        state = evolve(state, &env);
+        state.tip = Some(ChainTip {
+            case_seq: env.sequence,
+            hash: chain::hash(&row.raw),
+        });
+        last = Some(row);
+        if mode == api::ReplayMode::EachEvent {
+            steps.push(api::ReplayStep {
+                event: Some(convert::archived(row)),
+                state: Some(convert::state(&state)),
+                catalog_version: catalog.0.clone(),
+                catalog_digest: catalog.1.clone(),
+            });
+        }
+    }
+    if mode == api::ReplayMode::AtSequence && state.tip.map_or(0, |t| t.case_seq) < req.at_sequence
+    {
+        return Err(Error::NotFound(format!(
+            "the case has no event with sequence {} (it ends at {})",
+            req.at_sequence,
+            state.tip.map_or(0, |t| t.case_seq)
+        )));
+    }
+    if mode != api::ReplayMode::EachEvent {
+        steps.push(api::ReplayStep {
+            event: last.map(convert::archived),
+            state: Some(convert::state(&state)),
+            catalog_version: catalog.0,
+            catalog_digest: catalog.1,
+        });
+    }
+    Ok(steps)
+}
+
+fn token<T>(
+    field: &'static str,
+    value: &str,
+    parse: impl Fn(&str) -> casework_domain::Result<T>,
+) -> Result<Option<String>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    parse(value).map_err(|e| Error::InvalidArgument {
+        field,
+        why: e.to_string(),
+    })?;
+    Ok(Some(value.to_owned()))
+}
+
+/// The filter of a subscription request, validated.
+pub fn subscription_filter(req: &api::SubscribeRequest) -> Result<Filter> {
+    let filter = Filter {
+        tenant: token("tenant", &req.tenant, Tenant::parse)?,
+        case_id: token("case_id", &req.case_id, CaseId::parse)?,
+        writer: token("writer", &req.writer, Writer::parse)?,
+        event_type: token("event_type", &req.event_type, EventType::parse)?,
+    };
+    if let (Some(w), Some(t)) = (&filter.writer, &filter.event_type) {
+        let owner = EventType::parse(t).expect("validated").writer();
+        if owner.as_str() != w {
+            return Err(Error::InvalidArgument {
+                field: "event_type",
+                why: format!(
+                    "{t} events are written by {owner}, not {w}; drop one of the two filters"
+                ),
+            });
+        }
+    }
+    Ok(filter)
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerApi {
+    async fn get_history(
+        &self,
+        request: Request<api::GetHistoryRequest>,
+    ) -> Result<Response<api::GetHistoryResponse>, Status> {
+        let req = request.into_inner();
+        let run = async {
+            let key = case_key(&req.tenant, &req.case_id)?;
+            let size = match req.page_size {
+                0 => 100.min(self.max_page_size),
+                n if n > self.max_page_size => {
+                    return Err(Error::InvalidArgument {
+                        field: "page_size",
+                        why: format!("{n} is above the maximum {}", self.max_page_size),
+                    });
+                }
+                n => n,
+            } as usize;
+            let from = if req.page_token.is_empty() {
+                1
+            } else {
+                position::parse_page("page_token", &req.page_token)?
+            };
+            let archive = self.archive.clone();
+            let (rec, rows) = blocking(move || -> Result<_> {
+                let (t, c) = (key.tenant.as_str(), key.case_id.as_str());
+                let rec = archive
+                    .case(t, c)?
+                    .ok_or_else(|| Error::NotFound(format!("case {key} is not in the archive")))?;
+                Ok((rec, archive.case_events(t, c, from, size + 1)?))
+            })
+            .await?;
+            let more = rows.len() > size;
+            let rows = &rows[..rows.len().min(size)];
+            Ok(api::GetHistoryResponse {
+                events: rows.iter().map(convert::archived).collect(),
+                next_page_token: match (more, rows.last()) {
+                    (true, Some(r)) => position::page(r.position + 1),
+                    _ => String::new(),
+                },
+                total: rec.events,
+            })
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn get_case(
+        &self,
+        request: Request<api::GetCaseRequest>,
+    ) -> Result<Response<api::CaseSummary>, Status> {
+        let req = request.into_inner();
+        let run = async {
+            let key = case_key(&req.tenant, &req.case_id)?;
+            let archive = self.archive.clone();
+            let k = key.clone();
+            let rec = blocking(move || archive.case(k.tenant.as_str(), k.case_id.as_str()))
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("case {key} is not in the archive")))?;
+            Ok(convert::summary(
+                key.tenant.as_str(),
+                key.case_id.as_str(),
+                &rec,
+            ))
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    type ReplayCaseStream = ServerStream<api::ReplayStep>;
+
+    async fn replay_case(
+        &self,
+        request: Request<api::ReplayCaseRequest>,
+    ) -> Result<Response<Self::ReplayCaseStream>, Status> {
+        let req = request.into_inner();
+        let run = async {
+            let key = case_key(&req.tenant, &req.case_id)?;
+            let archive = self.archive.clone();
+            let steps = blocking(move || -> Result<_> {
+                let (_, rows) = all_rows(&archive, &key)?;
+                replay_steps(&rows, &req)
+            })
+            .await?;
+            Ok(steps)
+        };
+        let steps = run.await.map_err(to_status)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            steps.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn verify_case(
+        &self,
+        request: Request<api::VerifyCaseRequest>,
+    ) -> Result<Response<api::CaseVerification>, Status> {
+        let req = request.into_inner();
+        let run = async {
+            let key = case_key(&req.tenant, &req.case_id)?;
+            self.verify_case(key, req.archive_only).await
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    type VerifyAllStream = ServerStream<api::CaseVerification>;
+
+    async fn verify_all(
+        &self,
+        request: Request<api::VerifyAllRequest>,
+    ) -> Result<Response<Self::VerifyAllStream>, Status> {
+        let req = request.into_inner();
+        let tenant = token("tenant", &req.tenant, Tenant::parse).map_err(to_status)?;
+        let archive = self.archive.clone();
+        let cases = blocking(move || archive.cases(tenant.as_deref()))
+            .await
+            .map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(16);
+        let me = self.clone();
+        tokio::spawn(async move {
+            for (t, c, _) in cases {
+                let result = match case_key(&t, &c) {
+                    Ok(key) => me.verify_case(key, req.archive_only).await,
+                    // A case under a subject that is not a valid case:
+                    // archive-only verdict (it is foreign by definition).
+                    Err(_) => {
+                        let archive = me.archive.clone();
+                        let (tt, cc) = (t.clone(), c.clone());
+                        blocking(move || -> Result<_> {
+                            let rec = archive.case(&tt, &cc)?.unwrap_or_default();
+                            let rows = archive.case_events(&tt, &cc, 1, usize::MAX)?;
+                            let raws: Vec<RawEvent> = rows.iter().map(Row::raw_event).collect();
+                            let v = verify_tokens(&tt, &cc, &raws, None);
+                            Ok(api::CaseVerification {
+                                tenant: tt,
+                                case_id: cc,
+                                archive: Some(convert::verdict(&v)),
+                                stream: None,
+                                first_difference: 0,
+                                recorded: Some(convert::chain_status(&rec)),
+                                intact: false,
+                            })
+                        })
+                        .await
+                    }
+                };
+                let item = match result {
+                    Ok(v) if req.only_broken && v.intact => continue,
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(to_status(e)),
+                };
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn export_case(
+        &self,
+        request: Request<api::ExportCaseRequest>,
+    ) -> Result<Response<api::ExportCaseResponse>, Status> {
+        let req = request.into_inner();
+        let run = async {
+            let key = case_key(&req.tenant, &req.case_id)?;
+            let archive = self.archive.clone();
+            let catalogs = self.catalogs.clone();
+            blocking(move || -> Result<_> {
+                let (rec, rows) = all_rows(&archive, &key)?;
+                let catalog = catalog_of(&rows, &catalogs);
+                let b = bundle::build(
+                    key.tenant.as_str(),
+                    key.case_id.as_str(),
+                    &rows,
+                    &rec,
+                    catalog,
+                );
+                let json = serde_json::to_vec_pretty(&b)
+                    .map_err(|e| Error::Internal(format!("bundle: {e}")))?;
+                Ok(api::ExportCaseResponse {
+                    bundle_json: json,
+                    file_name: format!("{}-{}.bundle.json", key.tenant, key.case_id),
+                })
+            })
+            .await
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    type SubscribeStream = ServerStream<api::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<api::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let filter = subscription_filter(&req).map_err(to_status)?;
+        let next = self.start_of(&req).await.map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(self.subscribe_batch.max(1));
+        tokio::spawn(serve_subscription(
+            self.archive.clone(),
+            self.checkpoint.clone(),
+            filter,
+            next,
+            self.subscribe_batch,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl LedgerApi {
+    /// The first stream sequence a subscription delivers.
+    async fn start_of(&self, req: &api::SubscribeRequest) -> Result<u64> {
+        if !req.after_position.is_empty() {
+            return Ok(position::parse_position("after_position", &req.after_position)? + 1);
+        }
+        let checkpoint = *self.checkpoint.borrow();
+        match api::Start::try_from(req.start) {
+            Ok(api::Start::Beginning) => Ok(1),
+            Ok(api::Start::Unspecified) => {
+                // From now: after whatever the stream holds, even if the
+                // archive has not caught up with it yet.
+                let last = self.log.last_stream_seq().await.unwrap_or(checkpoint);
+                Ok(last.max(checkpoint) + 1)
+            }
+            Ok(api::Start::Time) => {
+                let at = req.start_time.as_ref().ok_or(Error::InvalidArgument {
+                    field: "start_time",
+                    why: "set start_time with start START_TIME".to_owned(),
+                })?;
+                let us = from_timestamp(at).timestamp_micros();
+                let archive = self.archive.clone();
+                let first = blocking(move || archive.first_seq_at_or_after(us)).await?;
+                Ok(first.unwrap_or(checkpoint + 1))
+            }
+            Err(_) => Err(Error::InvalidArgument {
+                field: "start",
+                why: format!("{} is not a Start", req.start),
+            }),
+        }
+    }
+}
+
+/// Serves one subscription from the archive: everything matching from
+/// `next` up to the checkpoint, then waits for the checkpoint to move on.
+/// Positions are stream sequences, so resuming after the last delivered
+/// position repeats nothing and skips nothing.
+async fn serve_subscription(
+    archive: Archive,
+    mut checkpoint: watch::Receiver<u64>,
+    filter: Filter,
+    mut next: u64,
+    batch: usize,
+    tx: mpsc::Sender<Result<api::SubscribeResponse, Status>>,
+) {
+    loop {
+        let upto = *checkpoint.borrow_and_update();
+        while next <= upto {
+            let a = archive.clone();
+            let f = filter.clone();
+            let scanned = blocking(move || a.scan(&f, next, upto, batch.max(1))).await;
+            let (rows, after) = match scanned {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(to_status(e))).await;
+                    return;
+                }
+            };
+            for row in &rows {
+                let item = api::SubscribeResponse {
+                    event: Some(convert::archived(row)),
+                    position: position::position(row.stream_seq),
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+            next = after;
+        }
+        tokio::select! {
+            changed = checkpoint.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The ledger's one error enum and the one function mapping it to gRPC.
+
+/// Everything that can go wrong in the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is invalid.
+    #[error("{field}: {why}")]
+    InvalidArgument {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        why: String,
+    },
+    /// The case (or other thing) is not in the archive.
+    #[error("{0}")]
+    NotFound(String),
+    /// The stream cannot be reached.
+    #[error("the stream is unavailable: {0}")]
+    Unavailable(String),
+    /// redb failed.
+    #[error("archive: {0}")]
+    Store(#[from] redb::Error),
+    /// Anything else that should not happen.
+    #[error("{0}")]
+    Internal(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Store(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl From<casework_caselog::Error> for Error {
+    fn from(e: casework_caselog::Error) -> Self {
+        use casework_caselog::Error as E;
+        match e {
+            E::Invalid(d) => Error::InvalidArgument {
+                field: "case",
+                why: d.to_string(),
+            },
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Result alias with the ledger's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The one mapping of ledger errors to gRPC statuses.
+pub fn to_status(e: Error) -> tonic::Status {
+    match e {
+        Error::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
+        Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
+        Error::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
+        Error::Store(_) | Error::Internal(_) => {
+            tracing::error!(error = %e, "internal error");
+            tonic::Status::internal(e.to_string())
+        }
+    }
+}

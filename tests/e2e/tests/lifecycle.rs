@@ -1,0 +1,362 @@
+//! The whole lifecycle through the four services as separate release
+//! processes against a real nats-server with per-service credentials:
+//! cases of several services (kept, retried, failed for good and recovered
+//! or escalated, with an external worker) while each service is killed with
+//! SIGKILL and restarted mid-flow, and the broker restarted. Afterwards the
+//! invariants hold: every case's log is dense and its chain valid, every case
+//! is closed exactly once, no step attempt was started twice, no event id
+//! appears twice, the ledger's archive equals the stream, and the ledger's
+//! replayed state agrees with intake's read model.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use casework_caselog::domain::pb::envelope::Payload;
+use casework_caselog::domain::{CaseState, verify};
+use casework_caselog::{CaseKey, CaseLog, JetStreamLog};
+use casework_e2e::System;
+use casework_proto::events::v1 as pb;
+use casework_proto::fulfilment::v1 as fapi;
+use casework_proto::intake::v1 as iapi;
+use casework_proto::ledger::v1 as lapi;
+
+const CATALOG: &str = r#"
+version = "e2e-1"
+
+[services.quick]
+name = "Quick fix"
+stages = ["pre_purchase", "during_purchase", "post_purchase"]
+promise = { deadline = "30 minutes", outcome = "Fixed quickly" }
+
+[[services.quick.steps]]
+name = "one"
+handler = { type = "simulate", latency_ms = 200, failure_probability = 0.0 }
+timeout = "3s"
+retry = { max_attempts = 3, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[[services.quick.steps]]
+name = "two"
+handler = { type = "simulate", latency_ms = 400, failure_probability = 0.3 }
+timeout = "3s"
+retry = { max_attempts = 6, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[[services.quick.steps]]
+name = "three"
+handler = { type = "simulate", latency_ms = 200, failure_probability = 0.0 }
+timeout = "3s"
+retry = { max_attempts = 3, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[services.quick.recovery]
+negative_feedback_threshold = 2
+on_step_failed = [{ action = "retry", max_retries = 2 }, { action = "escalate", tier = "tier2" }]
+on_promise_broken = [{ action = "apology" }]
+on_negative_feedback = [{ action = "apology" }]
+limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
+
+[services.worker]
+name = "With an external worker"
+stages = ["pre_purchase", "during_purchase", "post_purchase"]
+promise = { deadline = "30 minutes", outcome = "Done by the back office" }
+
+[[services.worker.steps]]
+name = "prepare"
+handler = { type = "simulate", latency_ms = 100, failure_probability = 0.0 }
+timeout = "3s"
+retry = { max_attempts = 3, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[[services.worker.steps]]
+name = "back_office"
+handler = { type = "external", task = "e2e_task" }
+timeout = "4s"
+retry = { max_attempts = 8, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[services.worker.recovery]
+negative_feedback_threshold = 2
+on_step_failed = [{ action = "retry", max_retries = 2 }, { action = "escalate", tier = "tier2" }]
+on_promise_broken = [{ action = "apology" }]
+on_negative_feedback = [{ action = "apology" }]
+limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
+
+[services.doomed]
+name = "Always fails"
+stages = ["pre_purchase", "during_purchase", "post_purchase"]
+promise = { deadline = "30 minutes", outcome = "Never happens" }
+
+[[services.doomed.steps]]
+name = "impossible"
+handler = { type = "simulate", latency_ms = 100, failure_probability = 1.0 }
+timeout = "3s"
+retry = { max_attempts = 2, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[services.doomed.recovery]
+negative_feedback_threshold = 2
+on_step_failed = [{ action = "apology" }, { action = "retry", max_retries = 1 }, { action = "escalate", tier = "tier2" }]
+on_promise_broken = [{ action = "apology" }]
+on_negative_feedback = [{ action = "apology" }]
+limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
+"#;
+
+const TENANT: &str = "e2e";
+
+async fn open(intake: &str, n: usize, service: &str) -> CaseKey {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let mut c = iapi::intake_client::IntakeClient::connect(intake.to_owned()).await?;
+            let r = c
+                .open_case(iapi::OpenCaseRequest {
+                    tenant: TENANT.to_owned(),
+                    customer_id: format!("cust-{}", n % 7),
+                    channel: pb::Channel::Web as i32,
+                    purchase_stage: pb::PurchaseStage::PostPurchase as i32,
+                    service_code: service.to_owned(),
+                    summary: format!("end-to-end case {n}"),
+                    idempotency_key: format!("e2e-{n}"),
+                    ..Default::default()
+                })
+                .await?;
+            anyhow::Ok(r.into_inner().case_id)
+        };
+        match attempt.await {
+            Ok(id) => return CaseKey::parse(TENANT, &id).expect("a valid case id"),
+            // Intake may be restarting: the idempotency key makes the retry safe.
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("open {n}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("open {n}: {e}"),
+        }
+    }
+}
+
+/// The external back office: completes every e2e_task it is given, and
+/// reconnects whenever fulfilment restarts.
+async fn worker(url: String, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut c) = fapi::fulfilment_client::FulfilmentClient::connect(url.clone()).await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(r) = c
+                .poll_tasks(fapi::PollTasksRequest {
+                    worker_id: "e2e-worker".into(),
+                    task_kinds: vec!["e2e_task".into()],
+                    max_tasks: 8,
+                    wait_seconds: 1,
+                })
+                .await
+            else {
+                break;
+            };
+            for t in r.into_inner().tasks {
+                let _ = c
+                    .complete_task(fapi::CompleteTaskRequest {
+                        token: t.token,
+                        output: Default::default(),
+                        worker_id: "e2e-worker".into(),
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+async fn admin_log(sys: &System) -> JetStreamLog {
+    let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
+        url: sys.nats.url(),
+        user: Some("admin".into()),
+        password: Some("pw-admin".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("admin connects");
+    JetStreamLog::new(client, "e2e-admin", None)
+}
+
+async fn wait_all_closed(sys: &System, cases: &[CaseKey], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = admin_log(sys).await;
+        let mut open = Vec::new();
+        for c in cases {
+            let events = log.read(c, 0).await.unwrap_or_default();
+            let s = CaseState::fold(events.iter().map(|e| &e.envelope));
+            if !s.is_closed() {
+                open.push((c.case_id.to_string(), s.status.as_str()));
+            }
+        }
+        if open.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{} cases not closed after {timeout:?}: {open:?}",
+                open.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
+    let dir = tempfile_dir();
+    let catalog = dir.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let mut sys = System::start(&catalog, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(worker(sys.service("fulfilment").grpc_url(), stop.clone()));
+
+    let services = ["quick", "worker", "quick", "doomed", "worker", "quick"];
+    let mut cases = Vec::new();
+    let intake = sys.service("intake").grpc_url();
+    let mut n = 0;
+    // Open in waves, crashing one part of the system between waves.
+    let crashes: [&str; 5] = ["fulfilment", "intake", "recovery", "ledger", "nats"];
+    for crash in crashes {
+        for _ in 0..8 {
+            cases.push(open(&intake, n, services[n % services.len()]).await);
+            n += 1;
+        }
+        // Let work get under way, then crash in the middle of it.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if crash == "nats" {
+            sys.nats.kill();
+            sys.nats.start_again();
+        } else {
+            let s = sys.service(crash);
+            s.kill9();
+            s.start_again();
+            s.wait_ready(Duration::from_secs(60));
+        }
+    }
+    // The same idempotency key after all that still gives the same case.
+    assert_eq!(open(&intake, 0, services[0]).await, cases[0]);
+
+    wait_all_closed(&sys, &cases, Duration::from_secs(240)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = w.await;
+
+    let log = admin_log(&sys).await;
+    let mut resolutions = BTreeMap::new();
+    for c in &cases {
+        let events = log.read(c, 0).await.unwrap();
+        // Dense, valid chain.
+        let raw = log.read_raw(c).await.unwrap();
+        let v = verify(&c.tenant, &c.case_id, &raw, None);
+        assert!(v.is_intact(), "{c}: {v:?}");
+        // No event id twice; no step attempt started twice; closed once.
+        let mut ids = HashSet::new();
+        let mut attempts = HashSet::new();
+        let mut closed = 0;
+        for e in &events {
+            assert!(
+                ids.insert(e.envelope.event_id.clone()),
+                "{c}: event id twice"
+            );
+            match &e.envelope.payload {
+                Some(Payload::StepStarted(s)) => assert!(
+                    attempts.insert((s.run, s.step_index, s.attempt)),
+                    "{c}: attempt {:?} started twice",
+                    (s.run, s.step_index, s.attempt)
+                ),
+                Some(Payload::CaseClosed(cl)) => {
+                    closed += 1;
+                    resolutions.insert(c.clone(), cl.resolution);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(closed, 1, "{c}: closed exactly once");
+    }
+    // Each kind of ending happened.
+    let kinds: HashSet<i32> = resolutions.values().copied().collect();
+    assert!(
+        kinds.contains(&(pb::Resolution::PromiseKept as i32)),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(pb::Resolution::Unresolved as i32)),
+        "doomed cases end unresolved: {kinds:?}"
+    );
+
+    // The ledger's archive equals the stream, and its replay agrees with
+    // intake's read model.
+    let ledger = sys.service("ledger").grpc_url();
+    let mut lc = lapi::ledger_client::LedgerClient::connect(ledger)
+        .await
+        .unwrap();
+    let mut ic = iapi::intake_client::IntakeClient::connect(intake.clone())
+        .await
+        .unwrap();
+    for c in &cases {
+        let raw = log.read_raw(c).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let archived = loop {
+            let h = lc
+                .get_history(lapi::GetHistoryRequest {
+                    tenant: TENANT.into(),
+                    case_id: c.case_id.to_string(),
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().events)
+                .unwrap_or_default();
+            if h.len() == raw.len() || Instant::now() > deadline {
+                break h;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(archived.len(), raw.len(), "{c}: archive has every event");
+        for (a, r) in archived.iter().zip(&raw) {
+            assert_eq!(
+                (a.stream_seq, &a.subject, &a.raw),
+                (r.stream_seq, &r.subject, &r.bytes),
+                "{c}"
+            );
+        }
+        let mut replay = lc
+            .replay_case(lapi::ReplayCaseRequest {
+                tenant: TENANT.into(),
+                case_id: c.case_id.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(step) = replay.message().await.unwrap() {
+            last = step.state;
+        }
+        let replayed = last.expect("a replayed state");
+        let got = ic
+            .get_case(iapi::GetCaseRequest {
+                tenant: TENANT.into(),
+                case_id: c.case_id.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .case
+            .expect("intake knows the case");
+        assert_eq!(replayed.status, "closed", "{c}");
+        assert_eq!(
+            got.status,
+            iapi::CaseStatus::Closed as i32,
+            "{c}: intake's read model"
+        );
+        assert_eq!(replayed.closed, got.resolution, "{c}: same resolution");
+        assert_eq!(replayed.events, got.event_count, "{c}: same event count");
+    }
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("casework-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
