@@ -129,7 +129,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     let readiness = http::Readiness::default();
     readiness.set("nats", true);
     readiness.set("task_board", false);
-    let grpc = casework_runtime::grpc::GrpcServer::new();
+    let grpc = casework_runtime::grpc::GrpcServer::new().tls(&options.tls)?;
     grpc.health
         .set_serving::<proto::fulfilment_server::FulfilmentServer<api::FulfilmentApi>>()
         .await;

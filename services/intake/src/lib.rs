@@ -158,7 +158,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         read_model,
         Duration::from_millis(options.service.read_your_writes_timeout_ms),
     );
-    let server = GrpcServer::new();
+    let server = GrpcServer::new().tls(&options.tls)?;
     server
         .health
         .set_serving::<IntakeServer<api::IntakeApi>>()

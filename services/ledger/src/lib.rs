@@ -25,12 +25,11 @@ pub mod tables;
 use std::sync::Arc;
 use std::time::Duration;
 
-use casework_caselog::jetstream::{self, NatsOptions};
 use casework_caselog::{CaseLog, JetStreamLog};
 use casework_proto::ledger::v1::ledger_server::LedgerServer;
 use casework_runtime::grpc::GrpcServer;
 use casework_runtime::http::{self, Readiness};
-use casework_runtime::{NatsSettings, Options, Validate, store};
+use casework_runtime::{Options, Validate, store};
 use serde::{Deserialize, Serialize};
 
 pub use casework_proto::ledger::v1 as proto;
@@ -109,39 +108,6 @@ pub fn default_options() -> ServiceOptions {
     Options::defaults("ledger", 50054, 8084)
 }
 
-/// Connects as a reader. Unlike `casework_runtime::nats::connect` this does
-/// not create or look up the TIMERS stream (the ledger's NATS user may not):
-/// the CASES stream is awaited by the ingestion loop.
-async fn connect_reader(s: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
-    let timeout = Duration::from_millis(s.request_timeout_ms);
-    if let Some(ca) = &s.tls_ca_file {
-        let mut c = async_nats::ConnectOptions::new()
-            .name(name)
-            .request_timeout(Some(timeout))
-            .add_root_certificates(ca.clone())
-            .require_tls(true);
-        if let (Some(u), Some(p)) = (&s.user, &s.password) {
-            c = c.user_and_password(u.clone(), p.clone());
-        }
-        if let Some(creds) = &s.creds_file {
-            c = c.credentials_file(creds).await?;
-        }
-        return c
-            .connect(s.url.as_str())
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to {} over TLS: {e}", s.url));
-    }
-    Ok(jetstream::connect(&NatsOptions {
-        url: s.url.clone(),
-        user: s.user.clone(),
-        password: s.password.clone(),
-        creds_file: s.creds_file.clone(),
-        name: name.to_owned(),
-        request_timeout: timeout,
-    })
-    .await?)
-}
-
 /// Starts the ledger: opens the archive, connects to NATS, binds gRPC and
 /// HTTP (port 0 works), starts archiving, and returns at once.
 pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Result<Running> {
@@ -151,7 +117,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     let db = store::open(&options.data_dir, "ledger")?;
     let archive = archive::Archive::open(db)?;
     let catalogs = Arc::new(casework_runtime::load_catalogs(&options.catalog)?);
-    let client = connect_reader(&options.nats, &options.instance).await?;
+    let client = casework_runtime::nats::connect_reader(&options.nats, &options.instance).await?;
     let log: Arc<dyn CaseLog> = Arc::new(
         JetStreamLog::new(client.clone(), &options.instance, None)
             .with_request_timeout(Duration::from_millis(options.nats.request_timeout_ms)),
@@ -168,7 +134,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         max_page_size: options.service.max_page_size,
         subscribe_batch: options.service.subscribe_batch,
     };
-    let server = GrpcServer::new();
+    let server = GrpcServer::new().tls(&options.tls)?;
     server
         .health
         .set_serving::<LedgerServer<api::LedgerApi>>()

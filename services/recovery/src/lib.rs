@@ -158,7 +158,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         default_page_size: options.service.default_page_size,
         max_page_size: options.service.max_page_size,
     };
-    let server = casework_runtime::grpc::GrpcServer::new();
+    let server = casework_runtime::grpc::GrpcServer::new().tls(&options.tls)?;
     server
         .health
         .set_serving::<RecoveryServer<api::RecoveryApi>>()

@@ -31,6 +31,7 @@ pub struct NatsServer {
     port: u16,
     dir: TempDir,
     extra_config: String,
+    sync_always: bool,
     starts: usize,
 }
 
@@ -77,6 +78,14 @@ impl NatsServer {
     /// Starts a server with `extra_config` appended to the generated
     /// configuration (e.g. an `authorization { users: [...] }` block).
     pub fn start_with(extra_config: &str) -> Self {
+        Self::start_configured(extra_config, true)
+    }
+
+    /// Starts a server with `extra_config`, fsyncing every write before it
+    /// is acknowledged (`sync_interval: always`, the default here) or on the
+    /// server's own schedule (`sync_always: false`, for benchmarks that
+    /// compare the two).
+    pub fn start_configured(extra_config: &str, sync_always: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("casework-nats-")
             .tempdir()
@@ -86,6 +95,7 @@ impl NatsServer {
             port: free_port(),
             dir,
             extra_config: extra_config.to_owned(),
+            sync_always,
             starts: 0,
         };
         server.spawn();
@@ -100,6 +110,11 @@ impl NatsServer {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id while it runs (for memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The JetStream store directory (kept across restarts).
@@ -155,10 +170,15 @@ impl NatsServer {
         let store = self.store_dir();
         let config = format!(
             "listen: 127.0.0.1:{port}\nserver_name: casework_test_{port}\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{extra}\n",
+             jetstream {{\n  store_dir: {store:?}\n{sync}}}\n{extra}\n",
             port = self.port,
             store = store.display().to_string(),
             extra = self.extra_config,
+            sync = if self.sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            },
         );
         fs::write(&conf, config).expect("cannot write nats-server.conf");
         let log = fs::File::create(self.log_path()).expect("cannot create the nats-server log");
