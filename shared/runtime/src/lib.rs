@@ -83,3 +83,68 @@ impl Running {
             .map_err(|e| anyhow::anyhow!("service task failed: {e}"))?
     }
 }
+
+/// The whole `main` of a service binary: `--config FILE` (or
+/// `CASEWORK_CONFIG`), options from defaults → file → `CASEWORK_*`
+/// variables (a bad value prints what is wrong and exits 2), logs and trace
+/// export, then `run(options, shutdown)` until SIGINT/SIGTERM (exit 1 on a
+/// fatal error), flushing traces on the way out.
+pub fn service_main<S, F, Fut>(
+    name: &'static str,
+    about: &'static str,
+    defaults: Options<S>,
+    run: F,
+) -> std::process::ExitCode
+where
+    S: serde::Serialize + serde::de::DeserializeOwned + Validate,
+    F: FnOnce(Options<S>, Shutdown) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let matches = clap::Command::new(name)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(about)
+        .after_help(
+            "Every setting can also be given as a CASEWORK_* environment variable, \
+             sections separated by __ (e.g. CASEWORK_NATS__URL=nats://nats:4222, \
+             CASEWORK_GRPC_LISTEN=0.0.0.0:50051). See the README's configuration reference.",
+        )
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .env("CASEWORK_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(std::path::PathBuf))
+                .help("Options file (TOML); CASEWORK_* variables override it"),
+        )
+        .get_matches();
+    let file = matches.get_one::<std::path::PathBuf>("config");
+    let options = match options::load(defaults, file.map(|p| p.as_path()), &options::process_env())
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{name}: bad options: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        init_telemetry(name, &options.telemetry);
+        let outcome = run(options, shutdown::on_signals()).await;
+        casework_telemetry::flush();
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "{name} stopped");
+                eprintln!("{name}: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

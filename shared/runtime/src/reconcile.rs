@@ -239,6 +239,19 @@ impl Parked {
 struct CaseLocks(Arc<Mutex<HashMap<CaseKey, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl CaseLocks {
+    /// The locks of `service`'s loops in this process (shared by its case
+    /// and timer loops, so they never reconcile one case at once).
+    fn of(service: &'static str) -> CaseLocks {
+        static ALL: std::sync::OnceLock<Mutex<HashMap<&'static str, CaseLocks>>> =
+            std::sync::OnceLock::new();
+        ALL.get_or_init(Default::default)
+            .lock()
+            .expect("case locks registry")
+            .entry(service)
+            .or_default()
+            .clone()
+    }
+
     fn get(&self, case: &CaseKey) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.0.lock().expect("case locks");
         if m.len() > 10_000 {
@@ -308,18 +321,28 @@ async fn handle(
     }
 }
 
-/// Runs the case-log loop until `shutdown`: every delivery on `cfg.filter`
-/// wakes its case.
-pub async fn run_case_loop(
-    log: Arc<dyn CaseLog>,
+/// One wake-up of a case, from whichever source: what to reconcile, and how
+/// to settle the message that woke it.
+struct Wake {
+    case: CaseKey,
+    delivered: u64,
+    traceparent: Option<String>,
+    settle: Box<dyn FnOnce(Ack) -> futures::future::BoxFuture<'static, ()> + Send>,
+}
+
+/// Drives `wakes` until `shutdown`: at most `cfg.concurrency` cases at once,
+/// one at a time per case (within this process, across the service's
+/// loops), settling each wake-up after its reconcile; on shutdown it stops
+/// taking work and finishes what is in flight.
+async fn drive(
+    mut wakes: futures::stream::BoxStream<'static, anyhow::Result<Option<Wake>>>,
     reconciler: Arc<dyn Reconciler>,
     cfg: LoopConfig,
     parked: Option<Parked>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let mut deliveries = log.consume(&cfg.durable, &cfg.filter).await?;
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let locks = CaseLocks::default();
+    let locks = CaseLocks::of(cfg.service);
     loop {
         let permit = tokio::select! {
             biased;
@@ -329,10 +352,11 @@ pub async fn run_case_loop(
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            n = deliveries.next() => n,
+            n = wakes.next() => n,
         };
-        let d = match next {
-            Some(Ok(d)) => d,
+        let wake = match next {
+            Some(Ok(Some(w))) => w,
+            Some(Ok(None)) => continue,
             Some(Err(e)) => {
                 tracing::warn!(service = cfg.service, error = %e, "consumer error; continuing");
                 continue;
@@ -343,38 +367,60 @@ pub async fn run_case_loop(
         let service = cfg.service;
         tokio::spawn(async move {
             let _permit = permit;
-            let case = match d.case() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(service, subject = %d.subject, error = %e, "delivery with a foreign subject; skipped");
-                    let _ = d.ack().await;
-                    return;
-                }
-            };
-            let tp = d.traceparent.clone();
-            match handle(
+            let ack = handle(
                 &reconciler,
                 &parked,
                 &locks,
-                &case,
-                d.delivered,
-                tp.as_deref(),
+                &wake.case,
+                wake.delivered,
+                wake.traceparent.as_deref(),
                 service,
             )
-            .await
-            {
-                Ack::Ok => {
-                    let _ = d.ack().await;
-                }
-                Ack::Retry(delay) => {
-                    let _ = d.nak(Some(delay)).await;
-                }
-            }
+            .await;
+            (wake.settle)(ack).await;
         });
     }
     // Finish in-flight work before returning.
     let _ = permits.acquire_many(cfg.concurrency.max(1) as u32).await;
     Ok(())
+}
+
+/// Runs the case-log loop until `shutdown`: every delivery on `cfg.filter`
+/// wakes its case.
+pub async fn run_case_loop(
+    log: Arc<dyn CaseLog>,
+    reconciler: Arc<dyn Reconciler>,
+    cfg: LoopConfig,
+    parked: Option<Parked>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let service = cfg.service;
+    let deliveries = log.consume(&cfg.durable, &cfg.filter).await?;
+    let wakes = deliveries.then(move |d| async move {
+        let d = d?;
+        let case = match d.case() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(service, subject = %d.subject, error = %e, "delivery with a foreign subject; skipped");
+                let _ = d.ack().await;
+                return Ok(None);
+            }
+        };
+        Ok(Some(Wake {
+            case,
+            delivered: d.delivered,
+            traceparent: d.traceparent.clone(),
+            settle: Box::new(move |ack| {
+                Box::pin(async move {
+                    let _ = match ack {
+                        Ack::Ok => d.ack().await,
+                        Ack::Retry(delay) => d.nak(Some(delay)).await,
+                    };
+                })
+            }),
+        }))
+    });
+    drive(Box::pin(wakes), reconciler, cfg, parked, shutdown).await
 }
 
 /// Runs the timer loop until `shutdown`: every fire of this writer's timers
@@ -405,63 +451,38 @@ pub async fn run_timer_loop(
         )
         .await
         .map_err(|e| anyhow::anyhow!("timer consumer {}: {e}", cfg.durable))?;
-    let mut messages = consumer.messages().await?;
-    let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let locks = CaseLocks::default();
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => p?,
-        };
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            n = messages.next() => n,
-        };
-        let m = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::warn!(service = cfg.service, error = %e, "timer consumer error; continuing");
-                continue;
-            }
-            None => break,
-        };
-        let Some(fire) = timers.parse_fire(&m.subject) else {
-            let _ = m.ack().await;
-            continue;
-        };
-        metrics::counter!("casework_timers_fired_total", "service" => cfg.service, "kind" => fire.kind.clone()).increment(1);
-        let (reconciler, parked, locks) = (reconciler.clone(), parked.clone(), locks.clone());
-        let service = cfg.service;
-        tokio::spawn(async move {
-            let _permit = permit;
+    let service = cfg.service;
+    let messages = consumer.messages().await?;
+    let wakes = messages.then(move |m| {
+        let timers = timers.clone();
+        async move {
+            let m = m?;
+            let Some(fire) = timers.parse_fire(&m.subject) else {
+                let _ = m.ack().await;
+                return Ok(None);
+            };
+            metrics::counter!("casework_timers_fired_total", "service" => service, "kind" => fire.kind.clone())
+                .increment(1);
             let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
-            let tp = m
+            let traceparent = m
                 .headers
                 .as_ref()
                 .and_then(|h| h.get("traceparent"))
                 .map(|v| v.as_str().to_owned());
-            match handle(
-                &reconciler,
-                &parked,
-                &locks,
-                &fire.case,
+            Ok(Some(Wake {
+                case: fire.case,
                 delivered,
-                tp.as_deref(),
-                service,
-            )
-            .await
-            {
-                Ack::Ok => {
-                    let _ = m.ack().await;
-                }
-                Ack::Retry(delay) => {
-                    let _ = m.ack_with(jetstream::AckKind::Nak(Some(delay))).await;
-                }
-            }
-        });
-    }
-    let _ = permits.acquire_many(cfg.concurrency.max(1) as u32).await;
-    Ok(())
+                traceparent,
+                settle: Box::new(move |ack| {
+                    Box::pin(async move {
+                        let _ = match ack {
+                            Ack::Ok => m.ack().await,
+                            Ack::Retry(delay) => m.ack_with(jetstream::AckKind::Nak(Some(delay))).await,
+                        };
+                    })
+                }),
+            }))
+        }
+    });
+    drive(Box::pin(wakes), reconciler, cfg, parked, shutdown).await
 }
