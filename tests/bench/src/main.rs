@@ -13,6 +13,7 @@ mod append;
 mod deadlines;
 mod fulfil;
 mod ledger;
+mod lifecycle;
 mod open_case;
 mod report;
 
@@ -32,6 +33,7 @@ async fn main() -> ExitCode {
                fulfil   cases/s from promise_made to promise_kept, 3 simulated steps (and -external: 3 steps by a gRPC worker)\n  \
                deadlines  100,000 pending promise deadlines in recovery: promise_broken lateness p50/p99, memory\n  \
                replay-ledger  one 10,000-event case: archive rebuild from the stream, ReplayCase and GetHistory events/s\n  \
+               lifecycle  whole cases/s and open-to-closed latency, the four services as release processes, 1 and 64 in flight, sync default/always, peak memory\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
@@ -49,6 +51,7 @@ async fn main() -> ExitCode {
             "open-case" => open_case::open_case().await,
             "fulfil" => fulfil::fulfil().await,
             "deadlines" => deadlines::deadlines().await,
+            "lifecycle" => lifecycle::lifecycle().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "all" => {
                 append::append().await;

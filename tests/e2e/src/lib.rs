@@ -107,6 +107,11 @@ impl ServiceProc {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// The process id while it runs (for memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(&mut self) {
         let bin = release_bins().join(format!("casework-{}", self.name));
         let log = std::fs::OpenOptions::new()
@@ -185,14 +190,41 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Memory of a running process, from `/proc/<pid>/status`, in MiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Memory {
+    /// Peak resident set size (`VmHWM`).
+    pub peak_mib: f64,
+    /// Current resident set size (`VmRSS`).
+    pub rss_mib: f64,
+}
+
+/// The peak and current resident memory of process `pid` (Linux only;
+/// `None` if it is not running or `/proc` is unavailable).
+pub fn memory_of(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+    };
+    Some(Memory {
+        peak_mib: kib("VmHWM:")? / 1024.0,
+        rss_mib: kib("VmRSS:")? / 1024.0,
+    })
+}
+
 /// The whole system: a nats-server with the per-service users and the four
 /// services as separate processes.
 #[derive(Debug)]
 pub struct System {
+    /// The services by name (declared first: dropped, so killed, before the
+    /// broker and its directory go).
+    pub services: BTreeMap<&'static str, ServiceProc>,
     /// The broker.
     pub nats: NatsServer,
-    /// The services by name.
-    pub services: BTreeMap<&'static str, ServiceProc>,
     /// Where data directories and logs live.
     pub dir: PathBuf,
 }
@@ -200,9 +232,19 @@ pub struct System {
 impl System {
     /// Starts NATS and the four services with `catalog` (a TOML file) and
     /// extra `CASEWORK_*` settings per service, and waits until all are
-    /// ready.
+    /// ready. The broker fsyncs every write (`sync_interval: always`).
     pub fn start(catalog: &Path, extra: &[(&str, &str, &str)]) -> Self {
-        let nats = NatsServer::start_with(&nats_users());
+        Self::start_configured(catalog, extra, true)
+    }
+
+    /// [`System::start`] with the broker's `sync_interval` chosen:
+    /// `always` (`sync_always`) or nats-server's default schedule.
+    pub fn start_configured(
+        catalog: &Path,
+        extra: &[(&str, &str, &str)],
+        sync_always: bool,
+    ) -> Self {
+        let nats = NatsServer::start_configured(&nats_users(), sync_always);
         let dir = nats.scratch_dir().join("system");
         std::fs::create_dir_all(&dir).expect("system dir");
         let mut services = BTreeMap::new();
