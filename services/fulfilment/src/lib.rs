@@ -168,7 +168,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         LoopConfig {
             service: SERVICE,
             durable: SERVICE.to_owned(),
-            filter: "case.>".to_owned(),
+            filters: vec!["case.>".to_owned()],
             concurrency,
         },
         Some(parked.clone()),
@@ -181,7 +181,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         LoopConfig {
             service: SERVICE,
             durable: format!("{SERVICE}-timers"),
-            filter: String::new(),
+            filters: Vec::new(),
             concurrency,
         },
         Some(parked),

@@ -15,6 +15,21 @@ use chrono::Utc;
 
 use crate::decide::{CaseView, decide_close};
 
+/// The durable consumer that wakes the closer (shared by the replicas).
+pub const CLOSER_CONSUMER: &str = "intake-closer";
+
+/// The events after which a case may be ready to close (see
+/// [`crate::decide::closing_resolution`]): a withdrawal, a kept promise, a
+/// failure for good, and recovery's events (a recovery opening or
+/// completing). Steps, interactions and intake's own other events do not
+/// wake the closer.
+pub const WAKE_FILTERS: [&str; 4] = [
+    "case.*.*.intake.case_withdrawn",
+    "case.*.*.fulfilment.promise_kept",
+    "case.*.*.fulfilment.fulfilment_failed",
+    "case.*.*.recovery.>",
+];
+
 /// Closes cases whose outcome is settled.
 #[derive(Debug)]
 pub struct Closer {

@@ -144,8 +144,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         Arc::new(closer::Closer::new(log.clone())),
         LoopConfig {
             service: SERVICE,
-            durable: SERVICE.to_owned(),
-            filter: "case.>".to_owned(),
+            durable: closer::CLOSER_CONSUMER.to_owned(),
+            filters: closer::WAKE_FILTERS
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
             concurrency: options.service.close_concurrency,
         },
         Some(Parked::new(db, SERVICE)),

@@ -506,7 +506,9 @@ async fn consumer_idle(nats: &NatsServer) -> bool {
         return false;
     };
     let Ok(mut consumer) = stream
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>("intake")
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            casework_intake::closer::CLOSER_CONSUMER,
+        )
         .await
     else {
         return false;

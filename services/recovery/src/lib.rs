@@ -20,10 +20,12 @@
 //! - `api` — the gRPC service `casework.recovery.v1.Recovery`;
 //! - `error` — the one error type and its mapping to gRPC status codes.
 //!
-//! Wake-ups: two durable consumers shared by all replicas —
-//! `recovery-intake` (`case.*.*.intake.>`: promises, feedback, withdrawals)
-//! and `recovery-fulfilment` (`case.*.*.fulfilment.>`: kept, failed) — so
-//! recovery's own events do not wake it again; the durable timer consumer
+//! Wake-ups: one durable consumer shared by all replicas,
+//! `recovery-triggers`, filtered to the six event types that can change a
+//! decision ([`WAKE_FILTERS`]: a promise, feedback, a withdrawal, a
+//! closing, a kept promise, a failure) — so a case wakes recovery once when
+//! it opens, not for every step, and recovery's own events do not wake it
+//! again; the durable timer consumer
 //! `recovery-timers` (deadline fires); and the views feed for a person's
 //! decision on a compensation (plus a sweep of open recoveries at start).
 //!
@@ -116,6 +118,20 @@ pub fn default_options() -> ServiceOptions {
 
 const SERVICE: &str = "recovery";
 
+/// The durable consumer that wakes recovery on a case's changes.
+pub const TRIGGERS_CONSUMER: &str = "recovery-triggers";
+
+/// The events that can change one of recovery's decisions; no other event
+/// wakes it. A new trigger or guard in [`decide`] needs its event here.
+pub const WAKE_FILTERS: [&str; 6] = [
+    "case.*.*.intake.promise_made",
+    "case.*.*.intake.feedback_received",
+    "case.*.*.intake.case_withdrawn",
+    "case.*.*.intake.case_closed",
+    "case.*.*.fulfilment.promise_kept",
+    "case.*.*.fulfilment.fulfilment_failed",
+];
+
 /// Connects, binds gRPC and HTTP, starts the views feed and (once it has
 /// caught up, so the daily budget is right) the reconcile loops; returns at
 /// once.
@@ -206,23 +222,18 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         if ready {
             readiness.set("views caught up", true);
             let r: Arc<dyn Reconciler> = reconciler.clone();
-            for (durable, filter) in [
-                ("recovery-intake", "case.*.*.intake.>"),
-                ("recovery-fulfilment", "case.*.*.fulfilment.>"),
-            ] {
-                tasks.spawn(run_case_loop(
-                    log.clone(),
-                    r.clone(),
-                    LoopConfig {
-                        service: SERVICE,
-                        durable: durable.to_owned(),
-                        filter: filter.to_owned(),
-                        concurrency: settings.concurrency,
-                    },
-                    Some(parked.clone()),
-                    stop.clone(),
-                ));
-            }
+            tasks.spawn(run_case_loop(
+                log.clone(),
+                r.clone(),
+                LoopConfig {
+                    service: SERVICE,
+                    durable: TRIGGERS_CONSUMER.to_owned(),
+                    filters: WAKE_FILTERS.iter().map(|f| (*f).to_owned()).collect(),
+                    concurrency: settings.concurrency,
+                },
+                Some(parked.clone()),
+                stop.clone(),
+            ));
             tasks.spawn(run_timer_loop(
                 client.clone(),
                 timers,
@@ -230,7 +241,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
                 LoopConfig {
                     service: SERVICE,
                     durable: "recovery-timers".to_owned(),
-                    filter: String::new(),
+                    filters: Vec::new(),
                     concurrency: settings.timer_concurrency,
                 },
                 Some(parked),

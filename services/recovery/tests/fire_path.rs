@@ -103,8 +103,8 @@ impl CaseLog for Watched {
         self.inner.head(case).await
     }
 
-    async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries> {
-        self.inner.consume(durable, filter).await
+    async fn consume(&self, durable: &str, filters: &[String]) -> Result<Deliveries> {
+        self.inner.consume(durable, filters).await
     }
 
     async fn tail(&self, filter: &str, from_stream_seq: u64) -> Result<Deliveries> {

@@ -79,6 +79,59 @@ where
     batch_reaches_a_consumer_as_consecutive_events(make().await).await;
     racing_writers(Arc::new(make().await), 4, 25).await;
     tail_follows_from_a_position(make().await).await;
+    a_consumer_with_several_filters_gets_only_their_events(make().await).await;
+}
+
+/// A durable consumer with several filters delivers the events matching
+/// any of them, in stream order, and nothing else; the same name with
+/// other filters, or with none, is refused with a reason.
+pub async fn a_consumer_with_several_filters_gets_only_their_events<L: CaseLog>(log: L) {
+    let case = new_case("conformance");
+    let durable = format!("conf-{}", ulid::Ulid::new());
+    let opened = log.append(&case, None, opening(&case)).await.unwrap();
+    let i1 = log
+        .append(&case, Some(&opened.head), vec![interaction(&case, "f1")])
+        .await
+        .unwrap();
+    let prefix = format!("case.{}.{}", case.tenant, case.case_id);
+    let filters = vec![
+        format!("{prefix}.intake.interaction_recorded"),
+        format!("{prefix}.intake.promise_made"),
+    ];
+    let mut deliveries = log.consume(&durable, &filters).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let d = next_delivery(&mut deliveries).await;
+        got.push((d.stream_seq, d.decode().unwrap().envelope.event_type));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        got,
+        vec![
+            (opened.head.stream_seq, "promise_made".to_owned()),
+            (i1.head.stream_seq, "interaction_recorded".to_owned()),
+        ],
+        "case_opened matches neither filter; the rest come in stream order"
+    );
+    drop(deliveries);
+
+    match log.consume(&durable, &filters[..1]).await {
+        Err(Error::Rejected { description, .. }) => assert!(
+            description.contains(&durable) && description.contains("delete it"),
+            "{description}"
+        ),
+        other => panic!(
+            "other filters on an existing consumer must be refused: {:?}",
+            other.err()
+        ),
+    }
+    match log.consume(&format!("{durable}-none"), &[]).await {
+        Err(Error::Misuse(why)) => assert!(why.contains("filter"), "{why}"),
+        other => panic!(
+            "a consumer without filters must be refused: {:?}",
+            other.err()
+        ),
+    }
 }
 
 /// `tail` delivers every matching event from a stream sequence on, in order,
@@ -233,7 +286,7 @@ pub async fn batch_reaches_a_consumer_as_consecutive_events<L: CaseLog>(log: L) 
     let b = log.append(&case, Some(&a.head), batch).await.unwrap();
     assert_eq!(b.head.case_seq, 5);
 
-    let mut deliveries = log.consume(&durable, &case.filter()).await.unwrap();
+    let mut deliveries = log.consume(&durable, &[case.filter()]).await.unwrap();
     // First deliveries in order; event 4 is nak'ed once and must come again.
     let mut got: Vec<(u64, u64)> = Vec::new();
     let mut redelivered = None;
@@ -274,7 +327,7 @@ pub async fn batch_reaches_a_consumer_as_consecutive_events<L: CaseLog>(log: L) 
         .append(&case, Some(&b.head), vec![interaction(&case, "after")])
         .await
         .unwrap();
-    let mut resumed = log.consume(&durable, &case.filter()).await.unwrap();
+    let mut resumed = log.consume(&durable, &[case.filter()]).await.unwrap();
     let d = next_delivery(&mut resumed).await;
     assert_eq!(
         d.stream_seq, c.head.stream_seq,

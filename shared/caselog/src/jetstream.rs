@@ -579,6 +579,19 @@ impl JetStreamLog {
     }
 }
 
+/// `filters` sorted and without repeats; none is an error naming `durable`.
+pub(crate) fn consumer_filters(durable: &str, filters: &[String]) -> Result<Vec<String>> {
+    let mut wanted = filters.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() || wanted.iter().any(String::is_empty) {
+        return Err(Error::Misuse(format!(
+            "consumer {durable} needs at least one non-empty subject filter (e.g. \"case.>\")"
+        )));
+    }
+    Ok(wanted)
+}
+
 #[async_trait]
 impl CaseLog for JetStreamLog {
     async fn append_traced(
@@ -703,7 +716,8 @@ impl CaseLog for JetStreamLog {
         }
     }
 
-    async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries> {
+    async fn consume(&self, durable: &str, filters: &[String]) -> Result<Deliveries> {
+        let wanted = consumer_filters(durable, filters)?;
         let stream = self
             .js
             .get_stream_no_info(CASES_STREAM)
@@ -714,7 +728,18 @@ impl CaseLog for JetStreamLog {
                 durable,
                 consumer::pull::Config {
                     durable_name: Some(durable.to_owned()),
-                    filter_subject: filter.to_owned(),
+                    // One filter goes in `filter_subject`, several in
+                    // `filter_subjects` (the server takes one or the other).
+                    filter_subject: if wanted.len() == 1 {
+                        wanted[0].clone()
+                    } else {
+                        String::new()
+                    },
+                    filter_subjects: if wanted.len() == 1 {
+                        Vec::new()
+                    } else {
+                        wanted.clone()
+                    },
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.consumer.ack_wait,
                     max_ack_pending: self.consumer.max_ack_pending,
@@ -728,12 +753,17 @@ impl CaseLog for JetStreamLog {
             .info()
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
-        if info.config.filter_subject != filter {
+        let mut existing = info.config.filter_subjects.clone();
+        if !info.config.filter_subject.is_empty() {
+            existing.push(info.config.filter_subject.clone());
+        }
+        existing.sort();
+        existing.dedup();
+        if existing != wanted {
             return Err(Error::Rejected {
                 code: 10148,
                 description: format!(
-                    "consumer {durable} exists with filter {:?}, not {filter:?}; delete it or use another name",
-                    info.config.filter_subject
+                    "consumer {durable} exists with filters {existing:?}, not {wanted:?}; delete it or use another name"
                 ),
             });
         }

@@ -45,6 +45,10 @@ pub enum Error {
     /// Input that is not valid (a bad token, an empty or mixed decision).
     #[error(transparent)]
     Invalid(#[from] casework_domain::Error),
+    /// A call the log cannot honour as made (the message says what was
+    /// wrong and how to fix it), e.g. a consumer with no subject filter.
+    #[error("{0}")]
+    Misuse(String),
     /// This client tried to append events of a type it does not write.
     #[error("{instance} writes {allowed} events only; refusing to append {event_type}")]
     Forbidden {
@@ -151,10 +155,14 @@ pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
     /// Where the case's log ends, or `None` for a case with no events.
     async fn head(&self, case: &CaseKey) -> Result<Option<Head>>;
 
-    /// Delivers every event matching `filter` (a subject with NATS
-    /// wildcards, e.g. `case.*.*.intake.>`) to the durable consumer
+    /// Delivers every event matching any of `filters` (subjects with NATS
+    /// wildcards, e.g. `case.*.*.intake.>` or
+    /// `case.*.*.fulfilment.promise_kept`) to the durable consumer
     /// `durable`, in stream order, starting after what it has acknowledged.
-    async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries>;
+    /// A service that acts on a few event types names them, so it is not
+    /// woken by the rest. An existing consumer with other filters is
+    /// refused (delete it or use another name); no filter is `Invalid`.
+    async fn consume(&self, durable: &str, filters: &[String]) -> Result<Deliveries>;
 
     /// Follows every event matching `filter` from stream sequence
     /// `from_stream_seq` on, in order, live, with no server-side state (an

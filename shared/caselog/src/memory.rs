@@ -26,7 +26,7 @@ struct Stored {
 
 #[derive(Debug, Default)]
 struct ConsumerState {
-    filter: String,
+    filters: Vec<String>,
     acked: BTreeSet<u64>,
     redeliver: VecDeque<u64>,
     deliveries: HashMap<u64, u64>,
@@ -209,7 +209,8 @@ impl CaseLog for MemoryLog {
             .transpose()
     }
 
-    async fn consume(&self, durable: &str, filter: &str) -> Result<Deliveries> {
+    async fn consume(&self, durable: &str, filters: &[String]) -> Result<Deliveries> {
+        let wanted = crate::jetstream::consumer_filters(durable, filters)?;
         let state = {
             let mut inner = self.inner.lock().expect("memory log lock");
             let st = inner
@@ -217,12 +218,12 @@ impl CaseLog for MemoryLog {
                 .entry(durable.to_owned())
                 .or_insert_with(|| {
                     Arc::new(Mutex::new(ConsumerState {
-                        filter: filter.to_owned(),
+                        filters: wanted.clone(),
                         ..Default::default()
                     }))
                 })
                 .clone();
-            if st.lock().expect("consumer lock").filter != filter {
+            if st.lock().expect("consumer lock").filters != wanted {
                 return Err(Error::Rejected {
                     code: 10148,
                     description: format!(
@@ -252,7 +253,7 @@ impl CaseLog for MemoryLog {
                                 .find(|m| {
                                     m.seq > cursor
                                         && !st.acked.contains(&m.seq)
-                                        && subject_matches(&st.filter, &m.subject)
+                                        && st.filters.iter().any(|f| subject_matches(f, &m.subject))
                                 })
                                 .map(|m| m.seq)
                         });
@@ -260,7 +261,9 @@ impl CaseLog for MemoryLog {
                             let m = inner.messages[(seq - 1) as usize].clone();
                             let pending = inner.messages[seq as usize..]
                                 .iter()
-                                .filter(|o| subject_matches(&st.filter, &o.subject))
+                                .filter(|o| {
+                                    st.filters.iter().any(|f| subject_matches(f, &o.subject))
+                                })
                                 .count() as u64;
                             let n = st.deliveries.entry(seq).or_insert(0);
                             *n += 1;

@@ -268,9 +268,10 @@ pub struct LoopConfig {
     pub service: &'static str,
     /// Durable consumer name (shared by the service's replicas).
     pub durable: String,
-    /// Subject filter of the case-log loop (the timer loop always uses its
-    /// writer's fire filter and ignores this).
-    pub filter: String,
+    /// Subject filters of the case-log loop: the events that can change
+    /// the service's decisions (the timer loop always uses its writer's
+    /// fire filter and ignores this).
+    pub filters: Vec<String>,
     /// Cases reconciled at once.
     pub concurrency: usize,
 }
@@ -385,7 +386,7 @@ async fn drive(
     Ok(())
 }
 
-/// Runs the case-log loop until `shutdown`: every delivery on `cfg.filter`
+/// Runs the case-log loop until `shutdown`: every delivery matching `cfg.filters`
 /// wakes its case.
 pub async fn run_case_loop(
     log: Arc<dyn CaseLog>,
@@ -395,7 +396,7 @@ pub async fn run_case_loop(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let service = cfg.service;
-    let deliveries = log.consume(&cfg.durable, &cfg.filter).await?;
+    let deliveries = log.consume(&cfg.durable, &cfg.filters).await?;
     let wakes = deliveries.then(move |d| async move {
         let d = d?;
         let case = match d.case() {
