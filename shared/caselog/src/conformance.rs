@@ -80,6 +80,65 @@ where
     racing_writers(Arc::new(make().await), 4, 25).await;
     tail_follows_from_a_position(make().await).await;
     a_consumer_with_several_filters_gets_only_their_events(make().await).await;
+    reads_a_long_case_whole_and_from_any_point(make().await).await;
+}
+
+/// A case longer than one read batch (600 events, with another case's
+/// events interleaved) reads back whole, in order, and from any stream
+/// sequence on — including one that falls between its events.
+pub async fn reads_a_long_case_whole_and_from_any_point<L: CaseLog>(log: L) {
+    let case = new_case("conformance");
+    let other = new_case("conformance");
+    let mut head = log.append(&case, None, opening(&case)).await.unwrap().head;
+    let mut other_head = log
+        .append(&other, None, opening(&other))
+        .await
+        .unwrap()
+        .head;
+    let mut chunk = 0;
+    while head.case_seq < 600 {
+        let events = (0..(600 - head.case_seq).min(99))
+            .map(|i| interaction(&case, &format!("long-{chunk}-{i}")))
+            .collect();
+        head = log.append(&case, Some(&head), events).await.unwrap().head;
+        other_head = log
+            .append(
+                &other,
+                Some(&other_head),
+                vec![interaction(&other, &format!("o{chunk}"))],
+            )
+            .await
+            .unwrap()
+            .head;
+        chunk += 1;
+    }
+    let all = log.read(&case, 0).await.unwrap();
+    assert_eq!(all.len(), 600);
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, e)| e.envelope.sequence == i as u64 + 1),
+        "dense and in order"
+    );
+    assert!(all.windows(2).all(|w| w[0].stream_seq < w[1].stream_seq));
+    assert_eq!(all.last().unwrap().stream_seq, head.stream_seq);
+    for k in [1usize, 2, 99, 100, 101, 300, 599] {
+        let from = all[k].stream_seq;
+        let tail = log.read(&case, from).await.unwrap();
+        assert_eq!(tail.len(), 600 - k, "from the event at index {k}");
+        assert_eq!(tail[0].envelope.sequence, k as u64 + 1);
+        // Between two events (where the other case's event sits): the
+        // same as from the next event of ours.
+        let between = log.read(&case, all[k - 1].stream_seq + 1).await.unwrap();
+        assert_eq!(between.len(), 600 - k);
+    }
+    assert!(
+        log.read(&case, head.stream_seq + 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(log.read_raw(&case).await.unwrap().len(), 600);
 }
 
 /// A durable consumer with several filters delivers the events matching

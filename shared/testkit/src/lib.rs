@@ -251,8 +251,75 @@ where
     }
 }
 
+/// Like [`eventually`], for conditions that can say why they do not hold
+/// yet: polls `check` until it returns `Ok`, or panics with `what` and the
+/// last reason after `timeout`. `pause` is the time between polls (for
+/// checks that cost a round trip or a reconnect).
+pub async fn eventually_explained<T, F, Fut>(
+    timeout: Duration,
+    pause: Duration,
+    what: &str,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match check().await {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {why}");
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn eventually_explained_returns_once_the_condition_holds() {
+        let mut polls = 0;
+        let got = runtime().block_on(eventually_explained(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            "the third poll",
+            || {
+                polls += 1;
+                let n = polls;
+                async move {
+                    if n >= 3 {
+                        Ok(n)
+                    } else {
+                        Err(format!("poll {n}"))
+                    }
+                }
+            },
+        ));
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "waiting for a thing that never holds; last: poll")]
+    fn eventually_explained_panics_with_the_last_reason() {
+        runtime().block_on(eventually_explained(
+            Duration::from_millis(30),
+            Duration::from_millis(1),
+            "a thing that never holds",
+            || async { Err::<(), _>("poll".to_owned()) },
+        ));
+    }
     use super::*;
 
     #[test]

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use casework_caselog::domain::pb::envelope::Payload;
 use casework_caselog::domain::{CaseState, verify};
@@ -21,6 +21,7 @@ use casework_proto::events::v1 as pb;
 use casework_proto::fulfilment::v1 as fapi;
 use casework_proto::intake::v1 as iapi;
 use casework_proto::ledger::v1 as lapi;
+use casework_testkit::eventually_explained;
 
 const CATALOG: &str = r#"
 version = "e2e-1"
@@ -100,11 +101,17 @@ limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor
 
 const TENANT: &str = "e2e";
 
+/// Opens case `n`, retrying while intake restarts (the idempotency key makes
+/// a retry safe).
 async fn open(intake: &str, n: usize, service: &str) -> CaseKey {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = async {
-            let mut c = iapi::intake_client::IntakeClient::connect(intake.to_owned()).await?;
+    let id = eventually_explained(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        &format!("intake to open case {n}"),
+        || async {
+            let mut c = iapi::intake_client::IntakeClient::connect(intake.to_owned())
+                .await
+                .map_err(|e| e.to_string())?;
             let r = c
                 .open_case(iapi::OpenCaseRequest {
                     tenant: TENANT.to_owned(),
@@ -116,19 +123,13 @@ async fn open(intake: &str, n: usize, service: &str) -> CaseKey {
                     idempotency_key: format!("e2e-{n}"),
                     ..Default::default()
                 })
-                .await?;
-            anyhow::Ok(r.into_inner().case_id)
-        };
-        match attempt.await {
-            Ok(id) => return CaseKey::parse(TENANT, &id).expect("a valid case id"),
-            // Intake may be restarting: the idempotency key makes the retry safe.
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("open {n}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => panic!("open {n}: {e}"),
-        }
-    }
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(r.into_inner().case_id)
+        },
+    )
+    .await;
+    CaseKey::parse(TENANT, &id).expect("a valid case id")
 }
 
 /// The external back office: completes every e2e_task it is given, and
@@ -177,29 +178,62 @@ async fn admin_log(sys: &System) -> JetStreamLog {
     JetStreamLog::new(client, "e2e-admin", None)
 }
 
-async fn wait_all_closed(sys: &System, cases: &[CaseKey], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = admin_log(sys).await;
-        let mut open = Vec::new();
-        for c in cases {
-            let events = log.read(c, 0).await.unwrap_or_default();
-            let s = CaseState::fold(events.iter().map(|e| &e.envelope));
-            if !s.is_closed() {
-                open.push((c.case_id.to_string(), s.status.as_str()));
-            }
-        }
-        if open.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "{} cases not closed after {timeout:?}: {open:?}",
-                open.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+/// The states of `cases` (read with admin rights).
+async fn states(sys: &System, cases: &[CaseKey]) -> Vec<CaseState> {
+    let log = admin_log(sys).await;
+    let mut out = Vec::new();
+    for c in cases {
+        let events = log.read(c, 0).await.unwrap_or_default();
+        out.push(CaseState::fold(events.iter().map(|e| &e.envelope)));
     }
+    out
+}
+
+async fn wait_all_closed(sys: &System, cases: &[CaseKey], timeout: Duration) {
+    eventually_explained(
+        timeout,
+        Duration::from_millis(500),
+        "every case to close",
+        || async {
+            let open: Vec<_> = states(sys, cases)
+                .await
+                .into_iter()
+                .zip(cases)
+                .filter(|(s, _)| !s.is_closed())
+                .map(|(s, c)| format!("{} {}", c.case_id, s.status.as_str()))
+                .collect();
+            if open.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} still open: {open:?}", open.len()))
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until fulfilment has started work on at least one of `wave` and
+/// not every case of it is closed: the moment to crash "in the middle".
+async fn wait_under_way(sys: &System, wave: &[CaseKey]) {
+    eventually_explained(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        "fulfilment to be under way on the new wave",
+        || async {
+            let s = states(sys, wave).await;
+            let started = s.iter().filter(|s| s.runs > 0).count();
+            let closed = s.iter().filter(|s| s.is_closed()).count();
+            if started > 0 && closed < wave.len() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{started} started, {closed} closed of {}",
+                    wave.len()
+                ))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,12 +252,13 @@ async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
     // Open in waves, crashing one part of the system between waves.
     let crashes: [&str; 5] = ["fulfilment", "intake", "recovery", "ledger", "nats"];
     for crash in crashes {
+        let first = cases.len();
         for _ in 0..8 {
             cases.push(open(&intake, n, services[n % services.len()]).await);
             n += 1;
         }
-        // Let work get under way, then crash in the middle of it.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Crash in the middle of the wave's work.
+        wait_under_way(&sys, &cases[first..]).await;
         if crash == "nats" {
             sys.nats.kill();
             sys.nats.start_again();
@@ -295,23 +330,33 @@ async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
         .unwrap();
     for c in &cases {
         let raw = log.read_raw(c).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let archived = loop {
-            let h = lc
-                .get_history(lapi::GetHistoryRequest {
-                    tenant: TENANT.into(),
-                    case_id: c.case_id.to_string(),
-                    page_size: 1000,
-                    page_token: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().events)
-                .unwrap_or_default();
-            if h.len() == raw.len() || Instant::now() > deadline {
-                break h;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let archived = eventually_explained(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            &format!("the ledger to archive all of {c}"),
+            || {
+                let mut lc = lc.clone();
+                let want = raw.len();
+                async move {
+                    let h = lc
+                        .get_history(lapi::GetHistoryRequest {
+                            tenant: TENANT.into(),
+                            case_id: c.case_id.to_string(),
+                            page_size: 1000,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().events)
+                        .map_err(|e| e.to_string())?;
+                    if h.len() == want {
+                        Ok(h)
+                    } else {
+                        Err(format!("{} of {want} events", h.len()))
+                    }
+                }
+            },
+        )
+        .await;
         assert_eq!(archived.len(), raw.len(), "{c}: archive has every event");
         for (a, r) in archived.iter().zip(&raw) {
             assert_eq!(
