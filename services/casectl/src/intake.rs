@@ -6,9 +6,9 @@ use casework_proto::intake::v1::intake_client::IntakeClient;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::{Channel, Error, Report, Result, channel, parse_case, require_tenant};
+use crate::{Channel, Error, Report, Result, Target, channel, parse_case, require_tenant};
 
-async fn client(url: &str) -> Result<IntakeClient<tonic::transport::Channel>> {
+async fn client(url: &Target) -> Result<IntakeClient<tonic::transport::Channel>> {
     Ok(IntakeClient::new(channel("intake", url).await?))
 }
 
@@ -177,7 +177,7 @@ fn case_json(c: &api::Case) -> serde_json::Value {
 }
 
 /// `casectl open`.
-pub async fn open(url: &str, tenant: Option<&str>, a: OpenArgs) -> Result<Report> {
+pub async fn open(url: &Target, tenant: Option<&str>, a: OpenArgs) -> Result<Report> {
     let tenant = require_tenant(tenant)?;
     let mut attributes = std::collections::BTreeMap::new();
     for kv in &a.attributes {
@@ -240,7 +240,7 @@ pub async fn open(url: &str, tenant: Option<&str>, a: OpenArgs) -> Result<Report
 }
 
 /// `casectl show`.
-pub async fn show(url: &str, tenant: Option<&str>, a: crate::CaseArg) -> Result<Report> {
+pub async fn show(url: &Target, tenant: Option<&str>, a: crate::CaseArg) -> Result<Report> {
     let (t, c) = parse_case(&a.case, tenant)?;
     let r = client(url)
         .await?
@@ -267,7 +267,7 @@ pub async fn show(url: &str, tenant: Option<&str>, a: crate::CaseArg) -> Result<
 }
 
 /// `casectl list`.
-pub async fn list(url: &str, tenant: Option<&str>, a: ListArgs) -> Result<Report> {
+pub async fn list(url: &Target, tenant: Option<&str>, a: ListArgs) -> Result<Report> {
     let tenant = require_tenant(tenant)?;
     let r = client(url)
         .await?
@@ -331,7 +331,7 @@ fn recorded(what: &str, r: Option<api::Recorded>) -> Report {
 }
 
 /// `casectl feedback`.
-pub async fn feedback(url: &str, tenant: Option<&str>, a: FeedbackArgs) -> Result<Report> {
+pub async fn feedback(url: &Target, tenant: Option<&str>, a: FeedbackArgs) -> Result<Report> {
     let (t, c) = parse_case(&a.case, tenant)?;
     let r = client(url)
         .await?
@@ -350,7 +350,7 @@ pub async fn feedback(url: &str, tenant: Option<&str>, a: FeedbackArgs) -> Resul
 }
 
 /// `casectl withdraw`.
-pub async fn withdraw(url: &str, tenant: Option<&str>, a: WithdrawArgs) -> Result<Report> {
+pub async fn withdraw(url: &Target, tenant: Option<&str>, a: WithdrawArgs) -> Result<Report> {
     let (t, c) = parse_case(&a.case, tenant)?;
     let r = client(url)
         .await?

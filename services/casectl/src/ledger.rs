@@ -13,9 +13,9 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::{Error, Report, Result, channel, parse_case, timeline};
+use crate::{Error, Report, Result, Target, channel, parse_case, timeline};
 
-async fn client(url: &str) -> Result<LedgerClient<tonic::transport::Channel>> {
+async fn client(url: &Target) -> Result<LedgerClient<tonic::transport::Channel>> {
     Ok(LedgerClient::new(channel("ledger", url).await?).max_decoding_message_size(256 << 20))
 }
 
@@ -121,7 +121,7 @@ async fn steps(
 }
 
 /// `casectl replay`.
-pub async fn replay(url: &str, tenant: Option<&str>, a: ReplayArgs) -> Result<Report> {
+pub async fn replay(url: &Target, tenant: Option<&str>, a: ReplayArgs) -> Result<Report> {
     let (t, c) = parse_case(&a.case, tenant)?;
     let (mode, at_sequence, at_time) = match &a.at {
         Some(at) => parse_at(at)?,
@@ -359,7 +359,7 @@ pub fn verify_bundle(path: &std::path::Path) -> Result<Report> {
 }
 
 /// `casectl verify`.
-pub async fn verify(url: &str, tenant: Option<&str>, a: VerifyArgs) -> Result<Report> {
+pub async fn verify(url: &Target, tenant: Option<&str>, a: VerifyArgs) -> Result<Report> {
     if let Some(path) = &a.bundle {
         return verify_bundle(path);
     }
@@ -413,7 +413,7 @@ pub async fn verify(url: &str, tenant: Option<&str>, a: VerifyArgs) -> Result<Re
 }
 
 /// `casectl export`.
-pub async fn export(url: &str, tenant: Option<&str>, a: ExportArgs) -> Result<Report> {
+pub async fn export(url: &Target, tenant: Option<&str>, a: ExportArgs) -> Result<Report> {
     let (t, c) = parse_case(&a.case, tenant)?;
     let mut cl = client(url).await?;
     let r = cl
@@ -447,7 +447,7 @@ pub async fn export(url: &str, tenant: Option<&str>, a: ExportArgs) -> Result<Re
 /// `casectl tail`: prints events as they arrive until `stop` completes,
 /// the limit is reached, or the server ends the stream.
 pub async fn tail(
-    url: &str,
+    url: &Target,
     tenant: Option<&str>,
     a: TailArgs,
     as_json: bool,

@@ -58,6 +58,10 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50054"
     )]
     pub ledger: String,
+    /// PEM file of the CA that signed the services' gRPC certificates, for
+    /// `https://` endpoints (a deployment that serves gRPC over TLS).
+    #[arg(long, global = true, env = "CASEWORK_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// Tenant for a CASE given without one (and the default tenant of open
     /// and list).
     #[arg(long, global = true, env = "CASEWORK_TENANT")]
@@ -277,12 +281,63 @@ pub fn endpoint(url: &str) -> String {
     }
 }
 
-/// Connects a gRPC channel to `url` (exit 3 when unreachable).
-pub async fn channel(what: &str, url: &str) -> Result<tonic::transport::Channel> {
-    let url = endpoint(url);
-    let ep = tonic::transport::Endpoint::from_shared(url.clone())
+/// A service to talk to: its endpoint, and the CA to trust when the
+/// endpoint is `https://`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The endpoint (`http://host:port`, `https://host:port` or `host:port`).
+    pub url: String,
+    /// PEM file of the CA that signed the service's certificate.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// `url`, trusting `ca_file` for TLS.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Self {
+        Self {
+            url: url.to_owned(),
+            ca_file: ca_file.map(PathBuf::from),
+        }
+    }
+}
+
+/// Connects a gRPC channel to `target` (exit 2 for a bad URL or TLS
+/// setting, 3 when unreachable or its certificate is not trusted).
+pub async fn channel(what: &str, target: &Target) -> Result<tonic::transport::Channel> {
+    let url = endpoint(&target.url);
+    let mut ep = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| Error::Usage(format!("--{what} {url:?} is not a URL: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5));
+    match (url.starts_with("https://"), &target.ca_file) {
+        (true, Some(ca)) => {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::Usage(format!(
+                    "--ca-file {}: cannot read it ({e}); give the PEM file of the CA that signed {what}'s certificate",
+                    ca.display()
+                ))
+            })?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            ep = ep.tls_config(tls).map_err(|e| {
+                Error::Usage(format!(
+                    "--ca-file {}: not usable for TLS: {e}",
+                    ca.display()
+                ))
+            })?;
+        }
+        (true, None) => {
+            return Err(Error::Usage(format!(
+                "--{what} {url} uses TLS: give --ca-file (or CASEWORK_CA_FILE) with the PEM file of the CA that signed its certificate"
+            )));
+        }
+        (false, Some(ca)) => {
+            return Err(Error::Usage(format!(
+                "--ca-file {} is for TLS, but --{what} {url} is plaintext: use an https:// endpoint",
+                ca.display()
+            )));
+        }
+        (false, None) => {}
+    }
     ep.connect().await.map_err(|e| {
         Error::Unreachable(format!(
             "cannot reach {what} at {url}: {e} (is it running? set --{what} or CASEWORK_{}_URL)",
@@ -326,20 +381,22 @@ pub fn output_path(given: Option<PathBuf>, suggested: &str) -> PathBuf {
 /// as events arrive to `out`).
 pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Option<Report>> {
     let tenant = cli.tenant.as_deref();
+    let intake = Target::new(&cli.intake, cli.ca_file.as_deref());
+    let ledger = Target::new(&cli.ledger, cli.ca_file.as_deref());
     match cli.command {
-        Command::Open(a) => intake::open(&cli.intake, tenant, a).await.map(Some),
-        Command::Show(a) => intake::show(&cli.intake, tenant, a).await.map(Some),
-        Command::List(a) => intake::list(&cli.intake, tenant, a).await.map(Some),
-        Command::Feedback(a) => intake::feedback(&cli.intake, tenant, a).await.map(Some),
-        Command::Withdraw(a) => intake::withdraw(&cli.intake, tenant, a).await.map(Some),
-        Command::Replay(a) => ledger::replay(&cli.ledger, tenant, a).await.map(Some),
-        Command::Verify(a) => ledger::verify(&cli.ledger, tenant, a).await.map(Some),
-        Command::Export(a) => ledger::export(&cli.ledger, tenant, a).await.map(Some),
+        Command::Open(a) => intake::open(&intake, tenant, a).await.map(Some),
+        Command::Show(a) => intake::show(&intake, tenant, a).await.map(Some),
+        Command::List(a) => intake::list(&intake, tenant, a).await.map(Some),
+        Command::Feedback(a) => intake::feedback(&intake, tenant, a).await.map(Some),
+        Command::Withdraw(a) => intake::withdraw(&intake, tenant, a).await.map(Some),
+        Command::Replay(a) => ledger::replay(&ledger, tenant, a).await.map(Some),
+        Command::Verify(a) => ledger::verify(&ledger, tenant, a).await.map(Some),
+        Command::Export(a) => ledger::export(&ledger, tenant, a).await.map(Some),
         Command::Tail(a) => {
             let ctrl_c = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            ledger::tail(&cli.ledger, tenant, a, cli.json, out, ctrl_c).await?;
+            ledger::tail(&ledger, tenant, a, cli.json, out, ctrl_c).await?;
             Ok(None)
         }
         Command::Dev(a) => {

@@ -20,6 +20,7 @@ use casework_runtime::reconcile::{Failure, Parked, Reconciler, decide_and_append
 use casework_runtime::timers::Timers;
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::decide::{self, Effect, Refusal, Report, STEP_TIMER, Via, decide, pinned_service};
 use crate::error::{Error, Result};
@@ -186,11 +187,15 @@ impl Engine {
                     .unwrap_or(latency);
                 let engine = self.clone();
                 let case = case.clone();
-                tokio::spawn(async move {
-                    engine
-                        .simulate(case, attempt, step_name, latency, failure_probability)
-                        .await
-                });
+                // The simulated handler reports in the case's trace.
+                tokio::spawn(
+                    async move {
+                        engine
+                            .simulate(case, attempt, step_name, latency, failure_probability)
+                            .await
+                    }
+                    .in_current_span(),
+                );
             }
             Effect::Offer(o) => {
                 self.0
@@ -336,7 +341,13 @@ impl Engine {
             });
             let event_id = new[0].event_id.to_string();
             let head = events.last().map(StoredEvent::head);
-            match self.0.log.append(case, head.as_ref(), new.clone()).await {
+            let traceparent = casework_telemetry::current_traceparent();
+            match self
+                .0
+                .log
+                .append_traced(case, head.as_ref(), new.clone(), traceparent.as_deref())
+                .await
+            {
                 Ok(a) => {
                     if !a.already {
                         count(&new);
@@ -344,11 +355,14 @@ impl Engine {
                     self.0.board.remove(&TaskToken::new(case.clone(), attempt));
                     let engine = self.clone();
                     let case = case.clone();
-                    tokio::spawn(async move {
-                        if let Err(f) = engine.reconcile(&case).await {
-                            tracing::debug!(case = %case, failure = ?f, "reconcile after a report; the consumer will try again");
+                    tokio::spawn(
+                        async move {
+                            if let Err(f) = engine.reconcile(&case).await {
+                                tracing::debug!(case = %case, failure = ?f, "reconcile after a report; the consumer will try again");
+                            }
                         }
-                    });
+                        .in_current_span(),
+                    );
                     return Ok(Reported {
                         event_id,
                         retry_at,

@@ -92,7 +92,12 @@ impl IntakeApi {
             Payload::PromiseMade(p) => promise_to_api(p),
             _ => return Err(Error::Internal("decide_open broke its shape".into())),
         };
-        match i.log.append(&case, None, events).await {
+        let traceparent = casework_telemetry::current_traceparent();
+        match i
+            .log
+            .append_traced(&case, None, events, traceparent.as_deref())
+            .await
+        {
             Ok(a) if !a.already => {
                 metrics::counter!(
                     "casework_cases_opened_total",

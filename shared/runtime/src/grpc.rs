@@ -1,5 +1,8 @@
 //! The gRPC server of a service: its own services plus the standard health
-//! service (`grpc.health.v1`) and reflection, with graceful shutdown.
+//! service (`grpc.health.v1`) and reflection, with graceful shutdown. Every
+//! call runs in a `grpc` span whose parent is the caller's W3C
+//! `traceparent` metadata when it sends one, so a case opened by a traced
+//! caller continues the caller's trace.
 
 use std::net::SocketAddr;
 
@@ -85,7 +88,15 @@ impl GrpcServer {
         let addr = listener.local_addr()?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let routes = self.routes;
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder().trace_fn(|req| {
+            let span = tracing::info_span!("grpc", rpc = %req.uri().path());
+            let traceparent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok());
+            casework_telemetry::set_remote_parent(&span, traceparent);
+            span
+        });
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)

@@ -120,6 +120,47 @@ async fn intake_over_tls_to_clients_and_to_nats() {
         Ok(ch) => check(ch).await.is_err(),
     };
     assert!(refused, "a plaintext client is refused");
+
+    // casectl: with --ca-file it is served (NOT_FOUND for the unknown
+    // case proves the call went through); without it, with another CA, or
+    // with a CA on a plaintext URL, it stops with a usage or reach error.
+    let https = format!("https://localhost:{}", addr.port());
+    let other_ca = dir.join("other-ca.pem");
+    std::fs::write(&other_ca, &other_pem).unwrap();
+    let show = |url: String, ca: Option<std::path::PathBuf>| async move {
+        casectl::intake::show(
+            &casectl::Target::new(&url, ca.as_deref()),
+            Some("acme"),
+            casectl::CaseArg {
+                case: "01JD8X3V5R6M2Q4T7W9Y0Z1A2B".into(),
+            },
+        )
+        .await
+    };
+    match show(https.clone(), Some(path("ca.pem"))).await {
+        Err(casectl::Error::NotFound(_)) => {}
+        other => panic!("casectl with the CA reaches intake: {other:?}"),
+    }
+    match show(https.clone(), None).await {
+        Err(e @ casectl::Error::Usage(_)) => {
+            assert!(e.to_string().contains("--ca-file"), "{e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        other => panic!("https without a CA is a usage error: {other:?}"),
+    }
+    match show(https, Some(other_ca)).await {
+        Err(e @ casectl::Error::Unreachable(_)) => assert_eq!(e.exit_code(), 3),
+        other => panic!("casectl with another CA is refused: {other:?}"),
+    }
+    match show(
+        format!("http://localhost:{}", addr.port()),
+        Some(path("ca.pem")),
+    )
+    .await
+    {
+        Err(e @ casectl::Error::Usage(_)) => assert!(e.to_string().contains("https://"), "{e}"),
+        other => panic!("a CA on a plaintext URL is a usage error: {other:?}"),
+    }
     shutdown.cancel();
     running.wait().await.unwrap();
 

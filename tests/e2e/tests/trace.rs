@@ -1,5 +1,5 @@
-//! One case's journey intake → fulfilment → recovery → intake is one
-//! trace: the services run in this process (each with its own NATS user and
+//! One case's journey caller → intake → fulfilment → recovery → intake is
+//! one trace, the caller's (sent as `traceparent` gRPC metadata): the services run in this process (each with its own NATS user and
 //! data directory, talking only through NATS) with OTLP export pointed at an
 //! in-process OTLP/gRPC receiver; the spans it receives for the case — from
 //! every service's reconcile — share one trace id. Nothing is read from our
@@ -136,20 +136,25 @@ async fn a_cases_journey_through_every_service_is_one_trace() {
     let mut client = iapi::intake_client::IntakeClient::connect(format!("http://{}", intake.grpc))
         .await
         .unwrap();
-    let case_id = client
-        .open_case(iapi::OpenCaseRequest {
-            tenant: "acme".into(),
-            customer_id: "C-1".into(),
-            channel: pb::Channel::Phone as i32,
-            purchase_stage: pb::PurchaseStage::PostPurchase as i32,
-            service_code: "doomed".into(),
-            summary: "trace me".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .case_id;
+    // The caller is traced: its context travels as `traceparent` metadata,
+    // and the journey continues the caller's trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut open = tonic::Request::new(iapi::OpenCaseRequest {
+        tenant: "acme".into(),
+        customer_id: "C-1".into(),
+        channel: pb::Channel::Phone as i32,
+        purchase_stage: pb::PurchaseStage::PostPurchase as i32,
+        service_code: "doomed".into(),
+        summary: "trace me".into(),
+        ..Default::default()
+    });
+    open.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let case_id = client.open_case(open).await.unwrap().into_inner().case_id;
 
     // Wait until intake has closed the case (escalated → unresolved).
     eventually(Duration::from_secs(60), "the case to be closed", || {
@@ -199,9 +204,9 @@ async fn a_cases_journey_through_every_service_is_one_trace() {
         "spans from intake, fulfilment and recovery: {services:?}"
     );
     assert_eq!(
-        traces.len(),
-        1,
-        "one trace for the whole journey: {traces:?}"
+        traces,
+        BTreeSet::from([caller_trace.to_owned()]),
+        "one trace for the whole journey, the caller's"
     );
     shutdown.cancel();
 }
