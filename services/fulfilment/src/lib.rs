@@ -133,12 +133,13 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     grpc.health
         .set_serving::<proto::fulfilment_server::FulfilmentServer<api::FulfilmentApi>>()
         .await;
-    let grpc_addr = grpc
+    let serving = grpc
         .add_service(proto::fulfilment_server::FulfilmentServer::new(
             api::FulfilmentApi::new(engine.clone(), Some(parked.clone()), stop.clone()),
         ))
         .serve(options.grpc_listen, stop.clone())
         .await?;
+    let grpc_addr = serving.addr;
     let http_addr = http::serve(options.http_listen, readiness.clone(), stop.clone()).await?;
 
     let tail = {
@@ -211,6 +212,8 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
             rest_results.push(stopped(h.await, name));
         }
         pruner.abort();
+        // In-flight calls finish before the connection they append on goes.
+        serving.drained(casework_runtime::grpc::DRAIN_GRACE).await;
         let _ = client.drain().await;
         first?;
         for r in rest_results {

@@ -166,10 +166,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         .health
         .set_serving::<IntakeServer<api::IntakeApi>>()
         .await;
-    let grpc = server
+    let serving = server
         .add_service(IntakeServer::new(service))
         .serve(options.grpc_listen, stop.clone())
         .await?;
+    let grpc = serving.addr;
     tracing::info!(%grpc, %http, instance = %options.instance, "intake started");
 
     let done = tokio::spawn(async move {
@@ -198,6 +199,8 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
                     .and(joined(closer.await, "closing reconciler")),
             ),
         };
+        // In-flight calls finish before the connection they append on goes.
+        serving.drained(casework_runtime::grpc::DRAIN_GRACE).await;
         let _ = client.drain().await;
         first.and(rest)
     });

@@ -139,14 +139,16 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         .health
         .set_serving::<LedgerServer<api::LedgerApi>>()
         .await;
-    let grpc = server
+    let serving = server
         .add_service(LedgerServer::new(api).max_decoding_message_size(16 << 20))
         .serve(options.grpc_listen, shutdown.clone())
         .await?;
+    let grpc = serving.addr;
     tracing::info!(%grpc, %http, "ledger started");
     let batch = options.service.batch_size;
     let name = options.instance.clone();
     let tail_client = client.clone();
+    let stopping = shutdown.clone();
     let done = tokio::spawn(async move {
         let r = ingest::run(
             archive,
@@ -159,6 +161,9 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
             shutdown,
         )
         .await;
+        if stopping.is_cancelled() {
+            serving.drained(casework_runtime::grpc::DRAIN_GRACE).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), client.drain()).await;
         r
     });

@@ -179,10 +179,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         .health
         .set_serving::<RecoveryServer<api::RecoveryApi>>()
         .await;
-    let grpc = server
+    let serving = server
         .add_service(RecoveryServer::new(api))
         .serve(options.grpc_listen, shutdown.clone())
         .await?;
+    let grpc = serving.addr;
 
     let settings = options.service.clone();
     let done = tokio::spawn(async move {
@@ -279,6 +280,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
                 }
                 stop.cancel();
             }
+        }
+        // On shutdown, in-flight calls finish before the connection they
+        // append on goes (after a fatal error the process is ending anyway).
+        if shutdown.is_cancelled() {
+            serving.drained(casework_runtime::grpc::DRAIN_GRACE).await;
         }
         let _ = client.drain().await;
         result

@@ -5,6 +5,7 @@
 //! caller continues the caller's trace.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
@@ -80,8 +81,9 @@ impl GrpcServer {
         self
     }
 
-    /// Binds `listen` and serves until `shutdown`; returns the bound address.
-    pub async fn serve(self, listen: SocketAddr, shutdown: Shutdown) -> anyhow::Result<SocketAddr> {
+    /// Binds `listen` and serves until `shutdown`; returns the bound address
+    /// and the handle that tells when in-flight calls have finished.
+    pub async fn serve(self, listen: SocketAddr, shutdown: Shutdown) -> anyhow::Result<Serving> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {listen}: {e}"))?;
@@ -102,7 +104,7 @@ impl GrpcServer {
                 .tls_config(tls)
                 .map_err(|e| anyhow::anyhow!("TLS configuration of {listen}: {e}"))?;
         }
-        tokio::spawn(async move {
+        let done = tokio::spawn(async move {
             let r = builder
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
@@ -111,6 +113,91 @@ impl GrpcServer {
                 tracing::error!(error = %e, "gRPC server stopped");
             }
         });
-        Ok(addr)
+        Ok(Serving { addr, done })
+    }
+}
+
+/// How long a stopping service lets in-flight gRPC calls finish before it
+/// lets go of its NATS connection (a long poll or a live subscription may
+/// never finish on its own).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A serving gRPC server.
+#[derive(Debug)]
+pub struct Serving {
+    /// The bound address.
+    pub addr: SocketAddr,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// After shutdown: waits until the server has stopped accepting calls
+    /// and the calls in flight have finished, for at most `grace` (then
+    /// they are cut, and their callers retry: every mutation is idempotent
+    /// or guarded). True when it drained in time.
+    pub async fn drained(self, grace: Duration) -> bool {
+        let mut done = self.done;
+        match tokio::time::timeout(grace, &mut done).await {
+            Ok(_) => true,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "gRPC calls still in flight after the grace period; cutting them"
+                );
+                done.abort();
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    async fn client(addr: SocketAddr) -> HealthClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(ch)
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_calls_in_flight_then_cuts_them_after_the_grace() {
+        // No call in flight: drained at once after shutdown.
+        let shutdown = Shutdown::new();
+        let serving = GrpcServer::new()
+            .serve("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+        let mut c = client(serving.addr).await;
+        c.check(HealthCheckRequest::default()).await.unwrap();
+        shutdown.cancel();
+        assert!(serving.drained(Duration::from_secs(10)).await);
+
+        // A call that never ends on its own (a health watch stream) holds
+        // the server open after shutdown: the drain waits for it, then
+        // gives up after the grace period.
+        let shutdown = Shutdown::new();
+        let serving = GrpcServer::new()
+            .serve("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+        let mut c = client(serving.addr).await;
+        let mut watch = c
+            .watch(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(watch.message().await.unwrap().is_some(), "first status");
+        shutdown.cancel();
+        assert!(
+            !serving.drained(Duration::from_millis(500)).await,
+            "the server waited for the call in flight, to the end of the grace"
+        );
     }
 }

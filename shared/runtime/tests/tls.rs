@@ -88,6 +88,7 @@ async fn grpc_over_tls_refuses_a_client_without_the_ca() {
         .serve("127.0.0.1:0".parse().unwrap(), shutdown.clone())
         .await
         .unwrap()
+        .addr
         .to_string();
 
     let trusted = tls_channel(&addr, &pki.ca_pem)
