@@ -299,6 +299,30 @@ impl Engine {
         via: Via,
         report: Report,
     ) -> Result<Reported> {
+        // A worker's or person's report continues the trace the attempt
+        // was offered in; the simulator already runs inside it.
+        let offered = match via {
+            Via::Simulate => None,
+            Via::External | Via::Manual => self
+                .0
+                .board
+                .get(&TaskToken::new(case.clone(), attempt))
+                .and_then(|e| e.traceparent),
+        };
+        let span = tracing::info_span!("task_report", case = %case, %attempt);
+        casework_telemetry::set_remote_parent(&span, offered.as_deref());
+        self.report_in_span(case, attempt, via, report)
+            .instrument(span)
+            .await
+    }
+
+    async fn report_in_span(
+        &self,
+        case: &CaseKey,
+        attempt: AttemptRef,
+        via: Via,
+        report: Report,
+    ) -> Result<Reported> {
         for _ in 0..REPORT_ROUNDS {
             let (wf, events) = self.load(case).await?;
             if events.is_empty() {
@@ -466,6 +490,7 @@ impl Engine {
                             .map(from_timestamp)
                             .unwrap_or(now),
                         timeout_at,
+                        traceparent: d.traceparent.clone(),
                     };
                     if self.0.board.seen(token.clone(), entry) {
                         let _ = resolve_tx.send(token);

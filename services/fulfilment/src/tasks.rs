@@ -33,6 +33,10 @@ pub struct Entry {
     pub started_at: DateTime<Utc>,
     /// When it times out.
     pub timeout_at: DateTime<Utc>,
+    /// The trace the attempt was started in (its `step_started`'s
+    /// `traceparent`), so the worker's or person's report continues the
+    /// case's trace.
+    pub traceparent: Option<String>,
 }
 
 /// A lease of a task to a worker.
@@ -107,6 +111,7 @@ impl TaskBoard {
                 manual: o.manual,
                 started_at: o.started_at,
                 timeout_at: o.timeout_at,
+                traceparent: casework_telemetry::current_traceparent(),
             },
         );
         self.notify.notify_waiters();

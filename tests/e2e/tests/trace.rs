@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use casework_e2e::nats_users;
 use casework_proto::events::v1 as pb;
+use casework_proto::fulfilment::v1 as fapi;
 use casework_proto::intake::v1 as iapi;
 use casework_runtime::options::NatsSettings;
 use casework_testkit::{NatsServer, eventually};
@@ -82,6 +83,24 @@ on_step_failed = [{ action = "apology" }, { action = "retry", max_retries = 1 },
 on_promise_broken = [{ action = "apology" }]
 on_negative_feedback = [{ action = "apology" }]
 limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
+
+[services.outsourced]
+name = "Done by an external worker"
+stages = ["post_purchase"]
+promise = { deadline = "30 minutes", outcome = "Done by the back office" }
+
+[[services.outsourced.steps]]
+name = "back_office"
+handler = { type = "external", task = "trace_task" }
+timeout = "30s"
+retry = { max_attempts = 1, initial_backoff = "200ms", max_backoff = "1s", multiplier = 2.0, jitter = 0.1 }
+
+[services.outsourced.recovery]
+negative_feedback_threshold = 2
+on_step_failed = [{ action = "apology" }]
+on_promise_broken = [{ action = "apology" }]
+on_negative_feedback = [{ action = "apology" }]
+limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +149,7 @@ async fn a_cases_journey_through_every_service_is_one_trace() {
         }};
     }
     let intake = start!(casework_intake, "intake");
-    let _fulfilment = start!(casework_fulfilment, "fulfilment");
+    let fulfilment = start!(casework_fulfilment, "fulfilment");
     let _recovery = start!(casework_recovery, "recovery");
 
     let mut client = iapi::intake_client::IntakeClient::connect(format!("http://{}", intake.grpc))
@@ -207,6 +226,84 @@ async fn a_cases_journey_through_every_service_is_one_trace() {
         traces,
         BTreeSet::from([caller_trace.to_owned()]),
         "one trace for the whole journey, the caller's"
+    );
+
+    // A step done by an external worker that sends no trace context: its
+    // completion continues the trace the task was offered in.
+    let outsourced_trace = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let mut open = tonic::Request::new(iapi::OpenCaseRequest {
+        tenant: "acme".into(),
+        customer_id: "C-2".into(),
+        channel: pb::Channel::Web as i32,
+        purchase_stage: pb::PurchaseStage::PostPurchase as i32,
+        service_code: "outsourced".into(),
+        summary: "trace the worker".into(),
+        ..Default::default()
+    });
+    open.metadata_mut().insert(
+        "traceparent",
+        format!("00-{outsourced_trace}-00f067aa0ba902b8-01")
+            .parse()
+            .unwrap(),
+    );
+    let case_id = client.open_case(open).await.unwrap().into_inner().case_id;
+    let mut worker =
+        fapi::fulfilment_client::FulfilmentClient::connect(format!("http://{}", fulfilment.grpc))
+            .await
+            .unwrap();
+    let task = eventually(Duration::from_secs(30), "the task to be offered", || {
+        let mut w = worker.clone();
+        async move {
+            w.poll_tasks(fapi::PollTasksRequest {
+                worker_id: "trace-worker".into(),
+                task_kinds: vec!["trace_task".into()],
+                max_tasks: 1,
+                wait_seconds: 1,
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .tasks
+            .pop()
+        }
+    })
+    .await;
+    worker
+        .complete_task(fapi::CompleteTaskRequest {
+            token: task.token,
+            output: Default::default(),
+            worker_id: "trace-worker".into(),
+        })
+        .await
+        .unwrap();
+    let case_key = format!("acme/{case_id}");
+    let traces = eventually(
+        Duration::from_secs(30),
+        "intake's closing reconcile of the outsourced case",
+        || {
+            casework_telemetry::flush();
+            let spans = spans.clone();
+            let case_key = case_key.clone();
+            async move {
+                let spans = spans.lock().unwrap();
+                let ours: Vec<_> = spans
+                    .iter()
+                    .filter(|(_, name, a)| name == "reconcile" && a.get("case") == Some(&case_key))
+                    .collect();
+                // Closing happens after the worker's completion.
+                let closed_by_intake = ours
+                    .iter()
+                    .any(|(_, _, a)| a.get("service").map(String::as_str) == Some("intake"));
+                let traces: BTreeSet<String> = ours.iter().map(|(t, _, _)| t.clone()).collect();
+                closed_by_intake.then_some(traces)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        traces,
+        BTreeSet::from([outsourced_trace.to_owned()]),
+        "the worker's completion stays in the case's trace"
     );
     shutdown.cancel();
 }
