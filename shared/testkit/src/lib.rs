@@ -278,6 +278,29 @@ where
     }
 }
 
+/// The blocking twin of [`eventually_explained`], for tests without a
+/// runtime: polls `check` every `pause` until it returns `Ok`, or panics
+/// with `what` and the last reason after `timeout`. `check` may panic itself
+/// when waiting is pointless (a child process that exited).
+pub fn wait_until<T>(
+    timeout: Duration,
+    pause: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match check() {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {why}");
+        }
+        std::thread::sleep(pause);
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -308,6 +331,25 @@ mod tests {
             },
         ));
         assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn wait_until_returns_once_the_condition_holds() {
+        let mut polls = 0;
+        let got = wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            "a poll",
+            || {
+                polls += 1;
+                if polls >= 2 {
+                    Ok(polls)
+                } else {
+                    Err("not yet".to_owned())
+                }
+            },
+        );
+        assert_eq!(got, 2);
     }
 
     #[test]

@@ -171,22 +171,32 @@ async fn timer_messages(js: &async_nats::jetstream::Context) -> u64 {
 /// Waits until `TIMERS` holds at least `target` messages, giving up after
 /// `stall` without progress. Returns the last count.
 async fn wait_for_timers(js: &async_nats::jetstream::Context, target: u64, stall: Duration) -> u64 {
-    let mut last = 0;
-    let mut progressed = Instant::now();
-    loop {
-        let now = timer_messages(js).await;
-        if now >= target {
-            return now;
-        }
-        if now > last {
-            last = now;
-            progressed = Instant::now();
-        } else if progressed.elapsed() > stall {
-            eprintln!("deadlines: TIMERS stuck at {now} of {target} messages");
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // (last count, when it last grew)
+    let seen = Arc::new(std::sync::Mutex::new((0, Instant::now())));
+    // No overall limit: only a stall ends the wait early.
+    casework_testkit::eventually_explained(
+        Duration::from_secs(24 * 3600),
+        Duration::from_millis(250),
+        "TIMERS to hold every schedule",
+        || {
+            let (counted, seen) = (timer_messages(js), seen.clone());
+            async move {
+                let now = counted.await;
+                if now >= target {
+                    return Ok(now);
+                }
+                let mut seen = seen.lock().expect("progress lock");
+                if now > seen.0 {
+                    *seen = (now, Instant::now());
+                } else if seen.1.elapsed() > stall {
+                    eprintln!("deadlines: TIMERS stuck at {now} of {target} messages");
+                    return Ok(now);
+                }
+                Err(format!("{now} of {target}"))
+            }
+        },
+    )
+    .await
 }
 
 fn ms(d: chrono::Duration) -> Duration {
@@ -253,7 +263,6 @@ pub async fn deadlines() {
     let pending_target = timers_base + pending_n as u64;
     let timers_pending = wait_for_timers(&js, pending_target, Duration::from_secs(120)).await;
     let scheduled_s = created.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_pending, _) = rss_of("self");
     let (nats_rss_pending, _) = nats.as_deref().map(rss_of).unwrap_or_default();
 

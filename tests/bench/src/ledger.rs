@@ -111,14 +111,28 @@ async fn replay_ledger() {
         tenant: case.tenant.to_string(),
         case_id: case.case_id.to_string(),
     };
-    loop {
-        if let Ok(r) = client.get_case(req.clone()).await
-            && r.into_inner().events >= events as u64
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    casework_testkit::eventually_explained(
+        Duration::from_secs(3600),
+        Duration::from_millis(5),
+        "the rebuilt archive to hold the whole case",
+        || {
+            let (mut client, req) = (client.clone(), req.clone());
+            async move {
+                let got = client
+                    .get_case(req)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner()
+                    .events;
+                if got >= events as u64 {
+                    Ok(())
+                } else {
+                    Err(format!("{got} of {events} events"))
+                }
+            }
+        },
+    )
+    .await;
     let elapsed = start.elapsed();
     print(
         "replay-ledger-rebuild",

@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use casework_caselog::domain::Writer;
 use casework_caselog::permissions::{Principal, nats_authorization};
@@ -156,19 +156,16 @@ impl ServiceProc {
 
     /// Waits until `/readyz` answers 200, or panics with the service's log.
     pub fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.is_ready() {
+        let what = format!("{} to be ready", self.name);
+        casework_testkit::wait_until(timeout, Duration::from_millis(50), &what, || {
+            if self.is_ready() {
+                return Ok(());
+            }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("{} exited with {status}:\n{}", self.name, self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready after {timeout:?}:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Err(format!("/readyz not 200; log:\n{}", self.log()))
+        });
     }
 }
 

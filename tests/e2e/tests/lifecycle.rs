@@ -136,11 +136,18 @@ async fn open(intake: &str, n: usize, service: &str) -> CaseKey {
 /// reconnects whenever fulfilment restarts.
 async fn worker(url: String, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut c) = fapi::fulfilment_client::FulfilmentClient::connect(url.clone()).await
-        else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
+        // Fulfilment may be restarting: wait until it answers again.
+        let mut c = eventually_explained(
+            Duration::from_secs(120),
+            Duration::from_millis(200),
+            "fulfilment to accept the worker",
+            || async {
+                fapi::fulfilment_client::FulfilmentClient::connect(url.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
         while !stop.load(Ordering::Relaxed) {
             let Ok(r) = c
                 .poll_tasks(fapi::PollTasksRequest {
