@@ -1,14 +1,14 @@
 //! The per-case log on NATS JetStream (DESIGN.md §3).
 //!
 //! - One stream, `CASES` (`case.>`), file storage, `deny_delete`,
-//!   `deny_purge`, a duplicate window, direct get, atomic batch publish, no
-//!   age or size limit; and `TIMERS` (`timer.>`), with message schedules,
+//!   `deny_purge`, a duplicate window, direct get, no age or size limit; and `TIMERS` (`timer.>`), with message schedules,
 //!   for durable timers. Both are created or checked at start, and a server
 //!   that lacks what we rely on is refused with its version and the missing
 //!   capability.
 //! - An append carries exactly two guards: `Nats-Msg-Id` = event id, and the
 //!   case's expected last stream sequence over `case.<tenant>.<case_id>.>`.
-//!   A decision of several events is one atomic batch (`Nats-Batch-*`).
+//!   One message is one event: no atomic batches (on a single server they
+//!   commit at a few hundred per second per stream, DESIGN.md §3).
 //! - An ambiguous failure (timeout, disconnect) is retried with the same ids
 //!   and expectation. On current servers a retry whose first attempt landed
 //!   answers "wrong last sequence" (10071), not "duplicate": the conflict
@@ -37,20 +37,18 @@ use crate::headers::event_headers;
 use crate::types::Acker;
 use crate::{
     Appended, CaseKey, CaseLog, Deliveries, Delivery, Error, Head, Result, StoredEvent,
-    find_landed, seal_for,
+    find_landed, seal_for, stored_of,
 };
 
 /// The stream of every case's log.
 pub const CASES_STREAM: &str = "CASES";
 /// The stream of durable timers (message schedules).
 pub const TIMERS_STREAM: &str = "TIMERS";
-/// Lowest server version Casework accepts (atomic batches and message
-/// schedules arrived in 2.12).
+/// Lowest server version Casework accepts (message schedules arrived in
+/// 2.12).
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
 
 const WRONG_LAST_SEQUENCE: u64 = 10071;
-/// An atomic batch re-sent after it landed: its message ids are known.
-const BATCH_DUPLICATE_MSG_ID: u64 = 10201;
 const READ_BATCH: usize = 256;
 const APPEND_ATTEMPTS: u32 = 6;
 
@@ -151,7 +149,7 @@ pub fn check_server_version(version: &str) -> Result<()> {
         Some(v) if v >= MIN_SERVER_VERSION => Ok(()),
         Some(_) => Err(Error::Unsupported {
             server_version: version.to_owned(),
-            missing: "atomic batch publish and message schedules (added in 2.12)".to_owned(),
+            missing: "message schedules (added in 2.12)".to_owned(),
         }),
         None => Err(Error::Unsupported {
             server_version: version.to_owned(),
@@ -181,7 +179,6 @@ pub fn cases_stream_config(opts: &StreamOptions) -> stream::Config {
         deny_delete: true,
         deny_purge: true,
         allow_direct: true,
-        allow_atomic_publish: true,
         ..Default::default()
     }
 }
@@ -215,12 +212,7 @@ pub fn timers_stream_config(opts: &StreamOptions) -> stream::Config {
 /// what is missing.
 fn missing_capabilities(want: &stream::Config, got: &stream::Config) -> Vec<&'static str> {
     let mut missing = Vec::new();
-    let checks: [(&'static str, bool, bool); 6] = [
-        (
-            "allow_atomic (atomic batch publish)",
-            want.allow_atomic_publish,
-            got.allow_atomic_publish,
-        ),
+    let checks: [(&'static str, bool, bool); 5] = [
         (
             "allow_msg_schedules (message schedules)",
             want.allow_message_schedules,
@@ -420,82 +412,56 @@ impl JetStreamLog {
     async fn publish_once(
         &self,
         case: &CaseKey,
-        sealed: &[SealedEvent],
-        correlations: &[String],
+        sealed: &SealedEvent,
+        correlation: &str,
         expected: u64,
         traceparent: Option<&str>,
     ) -> std::result::Result<u64, PublishFailure> {
-        let filter = case.filter();
-        let batch_id = (sealed.len() > 1).then(|| ulid::Ulid::new().to_string());
-        let n = sealed.len();
-        for (i, (s, corr)) in sealed.iter().zip(correlations).enumerate() {
-            let mut h = self.headers_for(case, s, corr, traceparent);
-            if i == 0 {
-                h.insert(
-                    "Nats-Expected-Last-Subject-Sequence",
-                    expected.to_string().as_str(),
-                );
-                h.insert(
-                    "Nats-Expected-Last-Subject-Sequence-Subject",
-                    filter.as_str(),
-                );
-            }
-            if let Some(id) = &batch_id {
-                h.insert("Nats-Batch-Id", id.as_str());
-                h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-                if i + 1 == n {
-                    h.insert("Nats-Batch-Commit", "1");
-                }
-            }
-            let payload = bytes::Bytes::from(s.bytes.clone());
-            if i + 1 < n {
-                // Only the commit gets a reply.
-                self.client
-                    .publish_with_headers(s.subject.clone(), h, payload)
-                    .await
-                    .map_err(|e| PublishFailure::Ambiguous(e.to_string()))?;
-                continue;
-            }
-            let req = async_nats::Request::new()
-                .headers(h)
-                .payload(payload)
-                .timeout(Some(self.request_timeout));
-            let reply = match self.client.send_request(s.subject.clone(), req).await {
-                Ok(r) => r,
-                Err(e) => {
-                    use async_nats::RequestErrorKind as K;
-                    return Err(match e.kind() {
-                        K::InvalidSubject | K::MaxPayloadExceeded => {
-                            PublishFailure::Fatal(Error::Nats(e.to_string()))
-                        }
-                        _ => PublishFailure::Ambiguous(e.to_string()),
-                    });
-                }
-            };
-            let parsed: PubReply = serde_json::from_slice(&reply.payload).map_err(|e| {
-                PublishFailure::Ambiguous(format!(
-                    "unreadable publish reply ({e}): {}",
-                    String::from_utf8_lossy(&reply.payload)
-                ))
-            })?;
-            if let Some(err) = parsed.error {
-                return Err(if err.err_code == WRONG_LAST_SEQUENCE {
-                    PublishFailure::Conflict
-                } else if err.err_code == BATCH_DUPLICATE_MSG_ID {
-                    PublishFailure::Duplicate
-                } else {
-                    PublishFailure::Fatal(Error::Rejected {
-                        code: err.err_code,
-                        description: err.description,
-                    })
+        let mut h = self.headers_for(case, sealed, correlation, traceparent);
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        h.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            case.filter().as_str(),
+        );
+        let req = async_nats::Request::new()
+            .headers(h)
+            .payload(bytes::Bytes::from(sealed.bytes.clone()))
+            .timeout(Some(self.request_timeout));
+        let reply = match self.client.send_request(sealed.subject.clone(), req).await {
+            Ok(r) => r,
+            Err(e) => {
+                use async_nats::RequestErrorKind as K;
+                return Err(match e.kind() {
+                    K::InvalidSubject | K::MaxPayloadExceeded => {
+                        PublishFailure::Fatal(Error::Nats(e.to_string()))
+                    }
+                    _ => PublishFailure::Ambiguous(e.to_string()),
                 });
             }
-            if parsed.duplicate {
-                return Err(PublishFailure::Duplicate);
-            }
-            return Ok(parsed.seq);
+        };
+        let parsed: PubReply = serde_json::from_slice(&reply.payload).map_err(|e| {
+            PublishFailure::Ambiguous(format!(
+                "unreadable publish reply ({e}): {}",
+                String::from_utf8_lossy(&reply.payload)
+            ))
+        })?;
+        if let Some(err) = parsed.error {
+            return Err(if err.err_code == WRONG_LAST_SEQUENCE {
+                PublishFailure::Conflict
+            } else {
+                PublishFailure::Fatal(Error::Rejected {
+                    code: err.err_code,
+                    description: err.description,
+                })
+            });
         }
-        unreachable!("a decision has at least one event")
+        if parsed.duplicate {
+            return Err(PublishFailure::Duplicate);
+        }
+        Ok(parsed.seq)
     }
 
     /// One direct get of a single message: the last one matching `filter`
@@ -694,15 +660,15 @@ pub(crate) fn consumer_filters(durable: &str, filters: &[String]) -> Result<Vec<
 
 #[async_trait]
 impl CaseLog for JetStreamLog {
-    async fn append_traced(
+    async fn append_event(
         &self,
         case: &CaseKey,
         after: Option<&Head>,
-        events: Vec<NewEvent>,
+        event: NewEvent,
         traceparent: Option<&str>,
     ) -> Result<Appended> {
-        let correlations: Vec<String> = events.iter().map(|e| e.correlation_id.clone()).collect();
-        let sealed = seal_for(case, after, events, &self.instance, self.writer)?;
+        let correlation = event.correlation_id.clone();
+        let sealed = seal_for(case, after, event, &self.instance, self.writer)?;
         let expected = after.map_or(0, |h| h.stream_seq);
         let mut last_error = String::new();
         for attempt in 0..APPEND_ATTEMPTS {
@@ -710,36 +676,16 @@ impl CaseLog for JetStreamLog {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
             }
             match self
-                .publish_once(case, &sealed, &correlations, expected, traceparent)
+                .publish_once(case, &sealed, &correlation, expected, traceparent)
                 .await
             {
-                Ok(last_seq) => {
-                    let last = sealed.last().expect("sealed is never empty");
-                    return Ok(Appended {
-                        first_stream_seq: last_seq + 1 - sealed.len() as u64,
-                        head: Head {
-                            stream_seq: last_seq,
-                            case_seq: last.case_seq,
-                            hash: last.hash,
-                            event_id: last.event_id.to_string(),
-                        },
-                        already: false,
-                    });
-                }
-                Err(PublishFailure::Conflict) => {
+                Ok(seq) => return stored_of(&sealed, seq),
+                // Known id, or the log moved: either our own earlier attempt
+                // landed (or a racing writer decided the same), or someone
+                // else wrote first.
+                Err(PublishFailure::Conflict | PublishFailure::Duplicate) => {
                     return match find_landed(self, case, after, &sealed).await? {
                         Some(a) => Ok(a),
-                        None => Err(Error::Conflict {
-                            case: case.to_string(),
-                            expected,
-                        }),
-                    };
-                }
-                Err(PublishFailure::Duplicate) => {
-                    return match find_landed(self, case, after, &sealed).await? {
-                        Some(a) => Ok(a),
-                        // Known ids that are not where this decision expected
-                        // them: the same decision landed elsewhere in the case.
                         None => Err(Error::Conflict {
                             case: case.to_string(),
                             expected,
@@ -760,6 +706,67 @@ impl CaseLog for JetStreamLog {
         Err(Error::Unavailable(format!(
             "append to {case} failed after {APPEND_ATTEMPTS} attempts: {last_error}"
         )))
+    }
+
+    async fn read_after(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        until: Option<(u64, u64)>,
+    ) -> Result<Vec<StoredEvent>> {
+        let Some(after) = after else {
+            let mut all = self.read(case, 0).await?;
+            if let Some((stream_seq, _)) = until {
+                all.retain(|e| e.stream_seq <= stream_seq);
+            }
+            return Ok(all);
+        };
+        // How many events follow the head, and up to where: from the known
+        // event when there is one (no request), else from the case's last
+        // message (one indexed request).
+        let (last_seq, count) = match until {
+            Some((stream_seq, case_seq)) => (stream_seq, case_seq.saturating_sub(after.case_seq)),
+            None => {
+                let Some((last_seq, subject, bytes)) =
+                    self.direct_one(&case.filter(), None).await?
+                else {
+                    return Ok(Vec::new());
+                };
+                if last_seq <= after.stream_seq {
+                    return Ok(Vec::new());
+                }
+                let last = StoredEvent::decode(last_seq, subject, bytes)?;
+                let n = last.envelope.sequence.saturating_sub(after.case_seq);
+                if n == 1 {
+                    return Ok(vec![last]);
+                }
+                (last_seq, n)
+            }
+        };
+        if last_seq <= after.stream_seq || count == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = case.filter();
+        let mut out = Vec::with_capacity(count as usize);
+        let mut seq = after.stream_seq + 1;
+        let mut remaining = count;
+        while remaining > 0 {
+            let want = remaining.min(READ_BATCH as u64) as usize;
+            let (batch, _) = self.direct_batch(&filter, seq, want).await?;
+            let got = batch.len();
+            for (s, subject, bytes) in batch {
+                if s > last_seq {
+                    break;
+                }
+                seq = s + 1;
+                out.push(StoredEvent::decode(s, subject, bytes)?);
+            }
+            if got < want {
+                break;
+            }
+            remaining -= got as u64;
+        }
+        Ok(out)
     }
 
     async fn read(&self, case: &CaseKey, from_stream_seq: u64) -> Result<Vec<StoredEvent>> {
@@ -935,14 +942,15 @@ mod tests {
     }
 
     #[test]
-    fn an_echo_without_atomic_batches_is_reported() {
+    fn an_echo_without_deny_delete_is_reported() {
         let want = cases_stream_config(&StreamOptions::default());
         let mut echoed = want.clone();
-        echoed.allow_atomic_publish = false;
-        assert_eq!(
-            missing_capabilities(&want, &echoed),
-            vec!["allow_atomic (atomic batch publish)"]
-        );
+        echoed.deny_delete = false;
+        assert_eq!(missing_capabilities(&want, &echoed), vec!["deny_delete"]);
         assert!(missing_capabilities(&want, &want).is_empty());
+        assert!(
+            !want.allow_atomic_publish,
+            "no path appends an atomic batch, so the stream does not allow them"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! `casework-caselog` owns the per-case logs (DESIGN.md §3): appending a
-//! decision's events to one case all-or-nothing, guarded by the case's
-//! expected last sequence and deduplicated by event id; reading a case and
+//! `casework-caselog` owns the per-case logs (DESIGN.md §3): appending
+//! events to one case one message at a time, each guarded by the case's
+//! expected last sequence and deduplicated by event id; reading a case (or
+//! just what follows a known head) and
 //! its head; delivering events to durable consumers with explicit acks; and
 //! the stream configuration, capability checks and per-service permissions
 //! that make it safe. [`JetStreamLog`] is the real thing, [`MemoryLog`] its
@@ -114,25 +115,79 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The per-case log. Implementations: [`JetStreamLog`], [`MemoryLog`].
+///
+/// **One event per append** (DESIGN.md §3): an append is one message, one
+/// event, guarded by the case's expected last sequence and deduplicated by
+/// its id. A decision of several events appends them one after another,
+/// each on the head the previous one produced ([`CaseLog::append_traced`]);
+/// that is not atomic, and need not be: the rules are written so that every
+/// prefix of a decision is a state they continue from, with the same event
+/// ids, so a crash between two events is healed by deciding again.
 #[async_trait]
 pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
-    /// Appends the events of one decision to `case`, all or nothing, only if
-    /// the case's log still ends at `after` (`None`: the log must be empty).
-    /// A retry of an append that already landed returns the landed position
-    /// with `already: true`; a different writer's append that got there
-    /// first is [`Error::Conflict`]. "Already landed" is judged by event ids
-    /// alone (ids are derived from the cause): a caller that can repeat an id
-    /// with a different body (e.g. a client reusing an idempotency key for
-    /// another request) must compare the stored events itself. `traceparent` is the W3C trace context
-    /// to carry (a deterministic one derived from the correlation id is used
+    /// Appends one event to `case`, only if the case's log still ends at
+    /// `after` (`None`: the log must be empty). A retry of an append that
+    /// already landed returns the landed position with `already: true`
+    /// (and `own: true` when the stored bytes are exactly the ones sealed
+    /// now); a different event that got there first is [`Error::Conflict`].
+    /// "Already landed" is judged by event id (ids are derived from the
+    /// cause): a caller that can repeat an id with a different body (e.g. a
+    /// client reusing an idempotency key for another request) must compare
+    /// the stored event itself. `traceparent` is the W3C trace context to
+    /// carry (a deterministic one derived from the correlation id is used
     /// when `None`).
+    async fn append_event(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        event: NewEvent,
+        traceparent: Option<&str>,
+    ) -> Result<Appended>;
+
+    /// Appends the events of one decision in order, each as its own
+    /// [`CaseLog::append_event`] on the head the previous one produced. On
+    /// an error part-way, the events before it are in the log (a prefix of
+    /// the decision); the caller reloads and decides again. An empty
+    /// decision is `Invalid`.
     async fn append_traced(
         &self,
         case: &CaseKey,
         after: Option<&Head>,
         events: Vec<NewEvent>,
         traceparent: Option<&str>,
-    ) -> Result<Appended>;
+    ) -> Result<Appended> {
+        if events.is_empty() {
+            return Err(Error::Misuse(format!(
+                "an append to {case} needs at least one event"
+            )));
+        }
+        let mut ids = std::collections::HashSet::new();
+        if let Some(dup) = events.iter().find(|e| !ids.insert(e.event_id.as_str())) {
+            return Err(Error::Misuse(format!(
+                "event id {} appears twice in one decision for {case}",
+                dup.event_id
+            )));
+        }
+        let mut head = after.cloned();
+        let mut out: Option<Appended> = None;
+        for event in events {
+            let a = self
+                .append_event(case, head.as_ref(), event, traceparent)
+                .await?;
+            head = Some(a.head.clone());
+            out = Some(match out {
+                None => a,
+                Some(mut acc) => {
+                    acc.head = a.head;
+                    acc.already &= a.already;
+                    acc.own &= a.own;
+                    acc.events.extend(a.events);
+                    acc
+                }
+            });
+        }
+        Ok(out.expect("at least one event"))
+    }
 
     /// [`CaseLog::append_traced`] without a trace context.
     async fn append(
@@ -142,6 +197,29 @@ pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
         self.append_traced(case, after, events, None).await
+    }
+
+    /// The case's events after `after` (the whole log when `None`), for a
+    /// holder of the case's state that is at `after`. `until` is a known
+    /// event of the case (its stream and per-case sequence, e.g. from the
+    /// delivery that woke the reader): the read stops there, so it costs
+    /// one request for exactly the events in between; without it the log
+    /// finds where the case ends first. The result starts right after
+    /// `after` when the log is as the caller believes; the caller checks
+    /// that it continues its head and reads the whole case otherwise.
+    async fn read_after(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        until: Option<(u64, u64)>,
+    ) -> Result<Vec<StoredEvent>> {
+        let mut events = self
+            .read(case, after.map_or(0, |h| h.stream_seq + 1))
+            .await?;
+        if let Some((stream_seq, _)) = until {
+            events.retain(|e| e.stream_seq <= stream_seq);
+        }
+        Ok(events)
     }
 
     /// The case's events in order, starting at stream sequence
@@ -175,65 +253,71 @@ pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
     async fn last_stream_seq(&self) -> Result<u64>;
 }
 
-/// Seals `events` after `after`, checking the writer is `writer` (when this
+/// Seals `event` after `after`, checking the writer is `writer` (when this
 /// client is bound to one).
 pub(crate) fn seal_for(
     case: &CaseKey,
     after: Option<&Head>,
-    events: Vec<NewEvent>,
+    event: NewEvent,
     instance: &str,
     writer: Option<casework_domain::Writer>,
-) -> Result<Vec<SealedEvent>> {
+) -> Result<SealedEvent> {
     if let Some(w) = writer
-        && let Some(bad) = events.iter().find(|e| e.event_type().writer() != w)
+        && event.event_type().writer() != w
     {
         return Err(Error::Forbidden {
             instance: instance.to_owned(),
             allowed: w.to_string(),
-            event_type: bad.event_type().to_string(),
+            event_type: event.event_type().to_string(),
         });
     }
     let tip = after.map(Head::tip).unwrap_or(ChainTip::EMPTY);
-    Ok(casework_domain::seal(
-        &case.tenant,
-        &case.case_id,
-        instance,
-        tip,
-        events,
-    )?)
+    let mut sealed = casework_domain::seal(&case.tenant, &case.case_id, instance, tip, vec![event])?;
+    Ok(sealed.pop().expect("one sealed event"))
 }
 
-/// After a conflict (or a duplicate ack), checks whether these very events
-/// are already in the log right after `after` — a retry of an append whose
-/// first attempt landed — and if so returns where they are.
+/// The stored form of an event this client just appended at `stream_seq`.
+pub(crate) fn stored_of(sealed: &SealedEvent, stream_seq: u64) -> Result<Appended> {
+    let stored = StoredEvent::decode(
+        stream_seq,
+        sealed.subject.clone(),
+        bytes::Bytes::from(sealed.bytes.clone()),
+    )?;
+    Ok(Appended {
+        first_stream_seq: stream_seq,
+        head: stored.head(),
+        already: false,
+        own: true,
+        events: vec![stored],
+    })
+}
+
+/// After a conflict (or a duplicate ack), checks whether this very event
+/// is already in the log right after `after` — a retry of an append whose
+/// first attempt landed, or a racing writer that decided the same — and if
+/// so returns where it is, with `own` telling whether its bytes are ours.
 pub(crate) async fn find_landed<L: CaseLog + ?Sized>(
     log: &L,
     case: &CaseKey,
     after: Option<&Head>,
-    sealed: &[SealedEvent],
+    sealed: &SealedEvent,
 ) -> Result<Option<Appended>> {
     let from = after.map(|h| h.stream_seq + 1).unwrap_or(0);
     let events = log.read(case, from).await?;
-    let first_case_seq = sealed[0].case_seq;
-    let Some(start) = events
-        .iter()
-        .position(|e| e.envelope.sequence == first_case_seq)
+    let Some(landed) = events
+        .into_iter()
+        .find(|e| e.envelope.sequence == sealed.case_seq)
     else {
         return Ok(None);
     };
-    let ours = &events[start..];
-    if ours.len() < sealed.len()
-        || ours
-            .iter()
-            .zip(sealed)
-            .any(|(e, s)| e.envelope.event_id != s.event_id.as_str())
-    {
+    if landed.envelope.event_id != sealed.event_id.as_str() {
         return Ok(None);
     }
-    let last = &ours[sealed.len() - 1];
     Ok(Some(Appended {
-        first_stream_seq: ours[0].stream_seq,
-        head: last.head(),
+        first_stream_seq: landed.stream_seq,
+        head: landed.head(),
         already: true,
+        own: landed.bytes[..] == sealed.bytes[..],
+        events: vec![landed],
     }))
 }

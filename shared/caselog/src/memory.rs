@@ -1,7 +1,7 @@
 //! The in-memory twin of the JetStream log, for unit tests of everything
 //! above the log. It keeps the same contract — optimistic concurrency on the
 //! case's last stream sequence, expectation checked before deduplication,
-//! atomic decisions, durable consumers that resume after their last ack —
+//! one event per append, durable consumers that resume after their last ack —
 //! and passes the same conformance suite.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::types::{AckKind, Acker, MemoryAck};
 use crate::{
     Appended, CaseKey, CaseLog, Deliveries, Delivery, Error, Head, Result, StoredEvent,
-    find_landed, seal_for,
+    find_landed, seal_for, stored_of,
 };
 
 #[derive(Debug, Clone)]
@@ -102,55 +102,40 @@ impl MemoryLog {
 
 #[async_trait]
 impl CaseLog for MemoryLog {
-    async fn append_traced(
+    async fn append_event(
         &self,
         case: &CaseKey,
         after: Option<&Head>,
-        events: Vec<NewEvent>,
+        event: NewEvent,
         _traceparent: Option<&str>,
     ) -> Result<Appended> {
-        let sealed = seal_for(case, after, events, &self.instance, self.writer)?;
+        let sealed = seal_for(case, after, event, &self.instance, self.writer)?;
         let expected = after.map_or(0, |h| h.stream_seq);
-        let outcome = {
+        let landed = {
             let mut inner = self.inner.lock().expect("memory log lock");
             let filter = case.filter();
-            if Self::case_last_seq(&inner, &filter) != expected {
-                None
-            } else if sealed
-                .iter()
-                .any(|s| inner.msg_ids.contains(s.event_id.as_str()))
+            if Self::case_last_seq(&inner, &filter) != expected
+                || inner.msg_ids.contains(sealed.event_id.as_str())
             {
-                // Expectation held but the ids were seen: a duplicate, which
-                // the conflict path below resolves to the landed position.
+                // A stale expectation, or (expectation held but the id was
+                // seen) a duplicate, which the conflict path below resolves
+                // to the landed position.
                 None
             } else {
-                let first = inner.messages.len() as u64 + 1;
-                for s in &sealed {
-                    let seq = inner.messages.len() as u64 + 1;
-                    inner.msg_ids.insert(s.event_id.to_string());
-                    inner.messages.push(Stored {
-                        seq,
-                        subject: s.subject.clone(),
-                        bytes: bytes::Bytes::from(s.bytes.clone()),
-                    });
-                }
-                let last = sealed.last().expect("sealed is never empty");
-                Some(Appended {
-                    first_stream_seq: first,
-                    head: Head {
-                        stream_seq: first + sealed.len() as u64 - 1,
-                        case_seq: last.case_seq,
-                        hash: last.hash,
-                        event_id: last.event_id.to_string(),
-                    },
-                    already: false,
-                })
+                let seq = inner.messages.len() as u64 + 1;
+                inner.msg_ids.insert(sealed.event_id.to_string());
+                inner.messages.push(Stored {
+                    seq,
+                    subject: sealed.subject.clone(),
+                    bytes: bytes::Bytes::from(sealed.bytes.clone()),
+                });
+                Some(seq)
             }
         };
-        match outcome {
-            Some(a) => {
+        match landed {
+            Some(seq) => {
                 self.notify.notify_waiters();
-                Ok(a)
+                stored_of(&sealed, seq)
             }
             None => match find_landed(self, case, after, &sealed).await? {
                 Some(a) => Ok(a),

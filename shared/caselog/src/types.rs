@@ -119,14 +119,31 @@ impl StoredEvent {
 }
 
 /// The outcome of a successful append.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
-    /// Stream sequence of the decision's first event.
+    /// Stream sequence of the first event appended.
     pub first_stream_seq: u64,
-    /// The case's head after the decision's last event.
+    /// The case's head after the last event.
     pub head: Head,
-    /// True when these events were already in the log (a retried append).
+    /// True when every event was already in the log (a retried append, or
+    /// a racing writer that decided the same).
     pub already: bool,
+    /// True when every event in the log is byte-for-byte the one this
+    /// append sealed: a fresh append, or a retry of our own append whose
+    /// first attempt landed. False when another writer (a racing replica)
+    /// landed events with the same ids: it decided the same, and the
+    /// effects of the decision are its to perform, not ours.
+    pub own: bool,
+    /// The events as they are stored, in order (the log's copies when
+    /// `already`): what a holder of the case's state folds next.
+    pub events: Vec<StoredEvent>,
+}
+
+impl Appended {
+    /// True when this append stored something new (count it once).
+    pub fn fresh(&self) -> bool {
+        !self.already
+    }
 }
 
 pub(crate) type MemoryAck = Arc<dyn Fn(AckKind) + Send + Sync>;

@@ -48,7 +48,11 @@ async fn streams_are_created_with_the_contract_and_checked_again() {
     let js = async_nats::jetstream::new(log.client().clone());
     let mut cases = js.get_stream("CASES").await.unwrap();
     let cfg = &cases.info().await.unwrap().config;
-    assert!(cfg.deny_delete && cfg.deny_purge && cfg.allow_direct && cfg.allow_atomic_publish);
+    assert!(cfg.deny_delete && cfg.deny_purge && cfg.allow_direct);
+    assert!(
+        !cfg.allow_atomic_publish,
+        "one event per append: the stream allows no atomic batch"
+    );
     assert_eq!(
         cfg.storage,
         async_nats::jetstream::stream::StorageType::File
@@ -94,7 +98,7 @@ async fn an_existing_stream_without_the_contract_is_refused_clearly() {
     assert!(matches!(err, Error::Misconfigured { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains("allow_atomic") && msg.contains("deny_delete"),
+        msg.contains("deny_purge") && msg.contains("deny_delete"),
         "{msg}"
     );
 }

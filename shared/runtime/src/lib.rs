@@ -9,9 +9,12 @@
 //! service crate.
 //!
 //! Layout: `options`, `shutdown`, `store` (redb), `http` (health, readiness,
-//! metrics), `grpc`, `nats` (connect + log), `timers`, `reconcile`.
+//! metrics), `grpc`, `nats` (connect + log), `timers`, `held` (the bounded
+//! cache of case state), `reconcile` (the one decide-append loop, the
+//! per-case locks and the coalescing work queue).
 
 pub mod grpc;
+pub mod held;
 pub mod http;
 pub mod nats;
 pub mod options;

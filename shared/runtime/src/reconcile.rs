@@ -15,12 +15,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use async_trait::async_trait;
 use casework_caselog::domain::NewEvent;
-use casework_caselog::{Appended, CaseKey, CaseLog, Error as LogError, StoredEvent};
+use casework_caselog::{Appended, CaseKey, CaseLog, Error as LogError, Head, StoredEvent};
 use futures::StreamExt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::Semaphore;
 
 use crate::Shutdown;
+use crate::held::{CaseCache, Fold, Held};
 use crate::timers::Timers;
 
 /// Why a reconcile did not finish.
@@ -47,15 +48,18 @@ impl From<LogError> for Failure {
 /// A service's rules for one case.
 #[async_trait]
 pub trait Reconciler: Send + Sync + 'static {
-    /// Brings `case` in line with its log.
-    async fn reconcile(&self, case: &CaseKey) -> Result<(), Failure>;
+    /// Brings `case` in line with its log. `woke` are the events whose
+    /// delivery woke it (coalesced: every delivery of a burst, in stream
+    /// order; none for a timer fire): the decision must be taken on a state
+    /// at least as new as each of them.
+    async fn reconcile(&self, case: &CaseKey, woke: &[StoredEvent]) -> Result<(), Failure>;
 }
 
 /// What a pure decide function returns: events to append, then effects to
 /// perform once they are committed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision<E> {
-    /// Events to append atomically (none: nothing to record).
+    /// Events to append, one after another (none: nothing to record).
     pub events: Vec<NewEvent>,
     /// Effects to perform after the append.
     pub effects: Vec<E>,
@@ -70,65 +74,187 @@ impl<E> Default for Decision<E> {
     }
 }
 
+/// One decision taken by [`decide_and_append`].
+#[derive(Debug, Clone)]
+pub struct Round<E> {
+    /// Its effects, to perform now: empty when its events were found in the
+    /// log with another writer's bytes (a racing replica decided the same
+    /// and performs them) or when only a prefix of them landed before a
+    /// conflict (the next decision takes over).
+    pub effects: Vec<E>,
+    /// Where its events are, if it had any.
+    pub appended: Option<Appended>,
+}
+
 /// The outcome of [`decide_and_append`].
 #[derive(Debug, Clone)]
 pub struct Decided<E> {
-    /// The effects of the decision that was committed (or of the no-op
-    /// decision).
-    pub effects: Vec<E>,
-    /// Where the events landed, if there were any.
-    pub appended: Option<Appended>,
-    /// The log the decision was taken on.
-    pub log: Vec<StoredEvent>,
+    /// Every decision taken, in order; the last one appended nothing unless
+    /// `unfinished`.
+    pub rounds: Vec<Round<E>>,
+    /// Where the case's log ends after them.
+    pub head: Option<Head>,
+    /// True when the case had more to decide than one call takes
+    /// ([`MAX_ROUNDS`]): perform the effects, then come back.
+    pub unfinished: bool,
 }
 
-/// Most decide-append rounds before a conflict counts as transient.
-const MAX_ROUNDS: usize = 8;
+impl<E> Decided<E> {
+    /// Every effect to perform, in order.
+    pub fn effects(self) -> impl Iterator<Item = E> {
+        self.rounds.into_iter().flat_map(|r| r.effects)
+    }
 
-/// Loads `case`, decides with `decide`, appends; on a conflict, reloads and
-/// decides again. `decide` errors park the case.
-pub async fn decide_and_append<E, F>(
+    /// The events this call stored for the first time (to count them once).
+    pub fn fresh_events(&self) -> impl Iterator<Item = &StoredEvent> {
+        self.rounds
+            .iter()
+            .filter_map(|r| r.appended.as_ref())
+            .filter(|a| a.fresh())
+            .flat_map(|a| a.events.iter())
+    }
+}
+
+/// Most decisions (and conflicts in a row) in one [`decide_and_append`].
+pub const MAX_ROUNDS: usize = 16;
+
+/// How many decisions one [`decide_and_append`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounds {
+    /// Decide once (an API request: its one write).
+    Once,
+    /// Decide again on the new state after each append, until a decision
+    /// appends nothing (a reconcile: one wake-up may take several).
+    UntilIdle,
+}
+
+/// The one optimistic-concurrency loop of every service: brings `case`'s
+/// held state up to date (at least as new as `woke`), decides with
+/// `decide`, appends the decision's events one by one on the head the
+/// previous one produced, folds what landed, and (with
+/// [`Rounds::UntilIdle`]) decides again until nothing is left to append. A
+/// conflict reads what others appended and decides again. `decide` errors
+/// park the case. The caller holds the case's lock
+/// ([`lock_case`]) and performs the returned effects.
+pub async fn decide_and_append<S, E, F>(
     log: &dyn CaseLog,
+    cache: &CaseCache<S>,
     case: &CaseKey,
+    woke: &[StoredEvent],
+    rounds: Rounds,
     mut decide: F,
 ) -> Result<Decided<E>, Failure>
 where
-    F: FnMut(&[StoredEvent]) -> Result<Decision<E>, String> + Send,
+    S: Fold,
+    F: FnMut(&S, Option<&Head>) -> Result<Decision<E>, String> + Send,
     E: Send,
 {
-    for _ in 0..MAX_ROUNDS {
-        let events = log.read(case, 0).await?;
-        let decision = decide(&events).map_err(Failure::Park)?;
+    let mut held: Held<S> = match rounds {
+        Rounds::Once if woke.is_empty() => cache.load_latest(log, case).await?,
+        _ => cache.load(log, case, woke).await?,
+    };
+    let mut out = Decided {
+        rounds: Vec::new(),
+        head: None,
+        unfinished: false,
+    };
+    let mut conflicts = 0;
+    let traceparent = casework_telemetry::current_traceparent();
+    loop {
+        if out.rounds.len() >= MAX_ROUNDS {
+            out.unfinished = true;
+            break;
+        }
+        let decision = match decide(&held.state, held.head.as_ref()) {
+            Ok(d) => d,
+            Err(why) => {
+                cache.put(case, held);
+                return Err(Failure::Park(why));
+            }
+        };
         if decision.events.is_empty() {
-            return Ok(Decided {
+            out.rounds.push(Round {
                 effects: decision.effects,
                 appended: None,
-                log: events,
             });
+            break;
         }
-        let head = events.last().map(StoredEvent::head);
-        let traceparent = casework_telemetry::current_traceparent();
-        match log
-            .append_traced(case, head.as_ref(), decision.events, traceparent.as_deref())
-            .await
-        {
-            Ok(a) => {
-                return Ok(Decided {
-                    effects: decision.effects,
-                    appended: Some(a),
-                    log: events,
+        let mut landed: Option<Appended> = None;
+        let mut conflicted = false;
+        for event in decision.events {
+            match log
+                .append_event(case, held.head.as_ref(), event, traceparent.as_deref())
+                .await
+            {
+                Ok(a) => {
+                    held.extend(&a.events);
+                    landed = Some(match landed {
+                        None => a,
+                        Some(mut acc) => {
+                            acc.head = a.head;
+                            acc.already &= a.already;
+                            acc.own &= a.own;
+                            acc.events.extend(a.events);
+                            acc
+                        }
+                    });
+                }
+                Err(e) if e.is_conflict() => {
+                    metrics::counter!("casework_append_conflicts_total").increment(1);
+                    conflicted = true;
+                    break;
+                }
+                Err(e) => {
+                    // What landed is folded; the rest is decided again.
+                    cache.put(case, held);
+                    return Err(e.into());
+                }
+            }
+        }
+        if conflicted {
+            if landed.is_some() {
+                out.rounds.push(Round {
+                    effects: Vec::new(),
+                    appended: landed,
                 });
             }
-            Err(e) if e.is_conflict() => {
-                metrics::counter!("casework_append_conflicts_total").increment(1);
-                continue;
+            conflicts += 1;
+            if conflicts >= MAX_ROUNDS {
+                cache.put(case, held);
+                return Err(Failure::Retry(format!(
+                    "case {case} kept changing under {MAX_ROUNDS} decisions in a row"
+                )));
             }
-            Err(e) => return Err(e.into()),
+            held = match cache_reload(log, cache, case, held).await {
+                Ok(h) => h,
+                Err(e) => return Err(e.into()),
+            };
+            continue;
+        }
+        conflicts = 0;
+        let a = landed.expect("a decision with events landed them");
+        out.rounds.push(Round {
+            effects: if a.own { decision.effects } else { Vec::new() },
+            appended: Some(a),
+        });
+        if rounds == Rounds::Once {
+            break;
         }
     }
-    Err(Failure::Retry(format!(
-        "case {case} kept changing under {MAX_ROUNDS} decisions in a row"
-    )))
+    out.head = held.head.clone();
+    cache.put(case, held);
+    Ok(out)
+}
+
+/// After a conflict: what others appended, folded onto `held`.
+async fn cache_reload<S: Fold>(
+    log: &dyn CaseLog,
+    cache: &CaseCache<S>,
+    case: &CaseKey,
+    held: Held<S>,
+) -> Result<Held<S>, LogError> {
+    cache.put(case, held);
+    cache.load_latest(log, case).await
 }
 
 const PARKED: TableDefinition<&str, &str> = TableDefinition::new("parked_cases");
@@ -239,8 +365,9 @@ impl Parked {
 struct CaseLocks(Arc<Mutex<HashMap<CaseKey, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl CaseLocks {
-    /// The locks of `service`'s loops in this process (shared by its case
-    /// and timer loops, so they never reconcile one case at once).
+    /// The locks of `service` in this process (shared by its case and
+    /// timer loops, its API and its handlers' reports, so they never work
+    /// on one case at once).
     fn of(service: &'static str) -> CaseLocks {
         static ALL: std::sync::OnceLock<Mutex<HashMap<&'static str, CaseLocks>>> =
             std::sync::OnceLock::new();
@@ -261,6 +388,13 @@ impl CaseLocks {
     }
 }
 
+/// Takes `service`'s lock on `case` in this process: every path that
+/// decides on a case (the loops, API writes, handler reports) holds it
+/// while it uses the case's held state ([`CaseCache`]).
+pub async fn lock_case(service: &'static str, case: &CaseKey) -> tokio::sync::OwnedMutexGuard<()> {
+    CaseLocks::of(service).get(case).lock_owned().await
+}
+
 /// How a loop runs.
 #[derive(Debug, Clone)]
 pub struct LoopConfig {
@@ -276,6 +410,7 @@ pub struct LoopConfig {
     pub concurrency: usize,
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Ack {
     Ok,
     Retry(Duration),
@@ -284,19 +419,17 @@ enum Ack {
 async fn handle(
     reconciler: &Arc<dyn Reconciler>,
     parked: &Option<Parked>,
-    locks: &CaseLocks,
     case: &CaseKey,
+    woke: &[StoredEvent],
     delivered: u64,
     traceparent: Option<&str>,
     service: &'static str,
 ) -> Ack {
-    let lock = locks.get(case);
-    let _guard = lock.lock().await;
     let started = std::time::Instant::now();
     // The reconcile continues the trace of the event (or timer) that woke it.
-    let span = tracing::info_span!("reconcile", service, case = %case, delivered);
+    let span = tracing::info_span!("reconcile", service, case = %case, delivered, woke = woke.len());
     casework_telemetry::set_remote_parent(&span, traceparent);
-    let outcome = tracing::Instrument::instrument(reconciler.reconcile(case), span).await;
+    let outcome = tracing::Instrument::instrument(reconciler.reconcile(case, woke), span).await;
     metrics::histogram!("casework_reconcile_seconds", "service" => service)
         .record(started.elapsed().as_secs_f64());
     match outcome {
@@ -322,19 +455,72 @@ async fn handle(
     }
 }
 
-/// One wake-up of a case, from whichever source: what to reconcile, and how
-/// to settle the message that woke it.
+/// One wake-up of a case, from whichever source: what to reconcile, the
+/// event delivered (none for a timer), and how to settle the message that
+/// woke it.
 struct Wake {
     case: CaseKey,
+    event: Option<StoredEvent>,
     delivered: u64,
     traceparent: Option<String>,
     settle: Box<dyn FnOnce(Ack) -> futures::future::BoxFuture<'static, ()> + Send>,
 }
 
+/// Wake-ups waiting for a case that is being reconciled (the case is a key
+/// while its worker runs): like a Kubernetes workqueue, a burst of
+/// wake-ups for one case costs one more reconcile, which settles them all.
+type Waiting = Arc<Mutex<HashMap<CaseKey, Vec<Wake>>>>;
+
+/// Reconciles `first`'s case, then once more for every burst of wake-ups
+/// that arrived meanwhile, settling each wake-up after the reconcile that
+/// covered it.
+async fn work_on(
+    first: Wake,
+    waiting: Waiting,
+    reconciler: Arc<dyn Reconciler>,
+    parked: Option<Parked>,
+    service: &'static str,
+) {
+    let case = first.case.clone();
+    let _guard = lock_case(service, &case).await;
+    let mut batch = vec![first];
+    loop {
+        let woke: Vec<StoredEvent> = batch.iter().filter_map(|w| w.event.clone()).collect();
+        let delivered = batch.iter().map(|w| w.delivered).max().unwrap_or(1);
+        let traceparent = batch.iter().rev().find_map(|w| w.traceparent.clone());
+        if batch.len() > 1 {
+            metrics::counter!("casework_wakeups_coalesced_total", "service" => service)
+                .increment(batch.len() as u64 - 1);
+        }
+        let ack = handle(
+            &reconciler,
+            &parked,
+            &case,
+            &woke,
+            delivered,
+            traceparent.as_deref(),
+            service,
+        )
+        .await;
+        for w in batch {
+            (w.settle)(ack).await;
+        }
+        let mut q = waiting.lock().expect("waiting wake-ups");
+        match q.get_mut(&case) {
+            Some(more) if !more.is_empty() => batch = std::mem::take(more),
+            _ => {
+                q.remove(&case);
+                return;
+            }
+        }
+    }
+}
+
 /// Drives `wakes` until `shutdown`: at most `cfg.concurrency` cases at once,
-/// one at a time per case (within this process, across the service's
-/// loops), settling each wake-up after its reconcile; on shutdown it stops
-/// taking work and finishes what is in flight.
+/// one reconcile at a time per case (within this process, across the
+/// service's loops and API), wake-ups for a case being reconciled coalesced
+/// into its next reconcile; on shutdown it stops taking work and finishes
+/// what is in flight.
 async fn drive(
     mut wakes: futures::stream::BoxStream<'static, anyhow::Result<Option<Wake>>>,
     reconciler: Arc<dyn Reconciler>,
@@ -343,13 +529,8 @@ async fn drive(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
-    let locks = CaseLocks::of(cfg.service);
+    let waiting: Waiting = Arc::default();
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => p?,
-        };
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -364,21 +545,28 @@ async fn drive(
             }
             None => break,
         };
-        let (reconciler, parked, locks) = (reconciler.clone(), parked.clone(), locks.clone());
+        {
+            let mut q = waiting.lock().expect("waiting wake-ups");
+            if let Some(more) = q.get_mut(&wake.case) {
+                more.push(wake);
+                continue;
+            }
+            q.insert(wake.case.clone(), Vec::new());
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                // Not taken: it comes again after its ack wait.
+                waiting.lock().expect("waiting wake-ups").remove(&wake.case);
+                break;
+            }
+            p = permits.clone().acquire_owned() => p?,
+        };
+        let (reconciler, parked, waiting) = (reconciler.clone(), parked.clone(), waiting.clone());
         let service = cfg.service;
         tokio::spawn(async move {
             let _permit = permit;
-            let ack = handle(
-                &reconciler,
-                &parked,
-                &locks,
-                &wake.case,
-                wake.delivered,
-                wake.traceparent.as_deref(),
-                service,
-            )
-            .await;
-            (wake.settle)(ack).await;
+            work_on(wake, waiting, reconciler, parked, service).await;
         });
     }
     // Finish in-flight work before returning.
@@ -409,6 +597,7 @@ pub async fn run_case_loop(
         };
         Ok(Some(Wake {
             case,
+            event: d.decode().ok(),
             delivered: d.delivered,
             traceparent: d.traceparent.clone(),
             settle: Box::new(move |ack| {
@@ -472,6 +661,7 @@ pub async fn run_timer_loop(
                 .map(|v| v.as_str().to_owned());
             Ok(Some(Wake {
                 case: fire.case,
+                event: None,
                 delivered,
                 traceparent,
                 settle: Box::new(move |ack| {

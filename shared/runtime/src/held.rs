@@ -1,0 +1,312 @@
+//! Case state held, not re-read (DESIGN.md §2): a bounded in-memory cache
+//! of each active case's folded state and head, per service. A wake-up
+//! brings the held state up to date by folding the delivered events when
+//! they continue the head (no request), or by reading only the events after
+//! the head (one request); an append of ours folds the stored copy of what
+//! it appended. A state that does not continue its head (an eviction, a
+//! gap, a log that is not what we believed) is dropped and the case is read
+//! whole once. A stale cache therefore costs a conflict and an incremental
+//! reload, never a wrong append: every append is guarded by the head the
+//! state was folded to.
+//!
+//! The cache is used under the service's per-case lock
+//! ([`crate::reconcile::lock_case`]): the holder takes a case's entry out,
+//! works on it, and puts it back, so a state is never folded twice at once
+//! and never cloned on the hot path.
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use casework_caselog::{CaseKey, CaseLog, Error as LogError, Head, StoredEvent};
+
+/// A service's fold of one case: the pure state its rules decide on.
+pub trait Fold: Send + Sync + 'static {
+    /// The state of a case with no events.
+    fn empty(case: &CaseKey) -> Self;
+    /// Folds one more event (the next in the case's log).
+    fn apply(&mut self, event: &StoredEvent);
+    /// True when nothing the service decides can change any more (the case
+    /// is closed): a wake-up that brings no event then needs no read.
+    fn is_final(&self) -> bool {
+        false
+    }
+}
+
+/// A case's state and the head it is folded to.
+#[derive(Debug, Clone)]
+pub struct Held<S> {
+    /// The folded state.
+    pub state: S,
+    /// Where the folded log ends (`None`: no events).
+    pub head: Option<Head>,
+}
+
+impl<S: Fold> Held<S> {
+    /// The state of a case with no events.
+    pub fn empty(case: &CaseKey) -> Self {
+        Self {
+            state: S::empty(case),
+            head: None,
+        }
+    }
+
+    /// The fold of a whole log.
+    pub fn of_log(case: &CaseKey, events: &[StoredEvent]) -> Self {
+        let mut h = Self::empty(case);
+        let continued = h.extend(events);
+        // A log that does not chain (which verification reports) is still
+        // folded in stream order: the rules see what is stored.
+        if !continued {
+            let folded = h.head.as_ref().map_or(0, |hd| hd.stream_seq);
+            for e in events.iter().filter(|e| e.stream_seq > folded) {
+                h.state.apply(e);
+                h.head = Some(e.head());
+            }
+        }
+        h
+    }
+
+    /// Folds those of `events` (in stream order) that come after the head,
+    /// as long as each is the next one (per-case sequence one more, chained
+    /// to the head's hash, stored after it). False when one after the head
+    /// does not continue it: the events before the gap are folded, the rest
+    /// are not.
+    pub fn extend<'a>(&mut self, events: impl IntoIterator<Item = &'a StoredEvent>) -> bool {
+        for e in events {
+            let (seq, case_seq) = self
+                .head
+                .as_ref()
+                .map_or((0, 0), |h| (h.stream_seq, h.case_seq));
+            if e.stream_seq <= seq {
+                continue;
+            }
+            let chained = self
+                .head
+                .as_ref()
+                .is_none_or(|h| e.envelope.prev_hash[..] == h.hash[..]);
+            if e.envelope.sequence != case_seq + 1 || !chained {
+                return false;
+            }
+            self.state.apply(e);
+            self.head = Some(e.head());
+        }
+        true
+    }
+}
+
+/// A service's bounded cache of held cases.
+pub struct CaseCache<S> {
+    service: &'static str,
+    entries: Mutex<lru::LruCache<CaseKey, Held<S>>>,
+}
+
+impl<S> std::fmt::Debug for CaseCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaseCache")
+            .field("service", &self.service)
+            .field("len", &self.entries.lock().map(|m| m.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Fold> CaseCache<S> {
+    /// A cache of at most `capacity` cases (least recently used evicted
+    /// first; 0 is taken as 1).
+    pub fn new(service: &'static str, capacity: usize) -> Self {
+        Self {
+            service,
+            entries: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("at least one"),
+            )),
+        }
+    }
+
+    /// How many cases are held.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("case cache").len()
+    }
+
+    /// True when no case is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes `case`'s entry out (the caller holds the case's lock and puts
+    /// it back with [`CaseCache::put`]).
+    pub fn take(&self, case: &CaseKey) -> Option<Held<S>> {
+        self.entries.lock().expect("case cache").pop(case)
+    }
+
+    /// Holds `held` as `case`'s state.
+    pub fn put(&self, case: &CaseKey, held: Held<S>) {
+        let mut m = self.entries.lock().expect("case cache");
+        m.put(case.clone(), held);
+        metrics::gauge!("casework_cases_held", "service" => self.service).set(m.len() as f64);
+    }
+
+    /// Forgets `case` (the next use reads it whole).
+    pub fn forget(&self, case: &CaseKey) {
+        self.entries.lock().expect("case cache").pop(case);
+    }
+
+    /// `case`'s state brought up to date, at least as new as every event in
+    /// `woke` (the deliveries that woke the caller, in any order): the held
+    /// state with the woke events folded when they continue it (no
+    /// request), or with the events after its head read (one request, or
+    /// two when nothing says where the case ends); the whole log on a miss
+    /// or when the held state does not continue. With no woke event and a
+    /// final state, nothing is read. The caller holds the case's lock and
+    /// puts the result back.
+    pub async fn load(
+        &self,
+        log: &dyn CaseLog,
+        case: &CaseKey,
+        woke: &[StoredEvent],
+    ) -> Result<Held<S>, LogError> {
+        let Some(mut held) = self.take(case) else {
+            metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "miss")
+                .increment(1);
+            return Ok(Held::of_log(case, &log.read(case, 0).await?));
+        };
+        let at = held.head.as_ref().map_or(0, |h| h.stream_seq);
+        let mut newer: Vec<&StoredEvent> = woke.iter().filter(|e| e.stream_seq > at).collect();
+        newer.sort_by_key(|e| e.stream_seq);
+        newer.dedup_by_key(|e| e.stream_seq);
+        let Some(latest) = newer.last().map(|e| (e.stream_seq, e.envelope.sequence)) else {
+            if !woke.is_empty() || held.state.is_final() {
+                // Everything that woke us is folded already.
+                metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "hit")
+                    .increment(1);
+                return Ok(held);
+            }
+            // Nothing says where the case ends (an API call, a timer): ask.
+            return self.catch_up(log, case, held, None).await;
+        };
+        if held.extend(newer.iter().copied())
+            && held.head.as_ref().map(|h| h.stream_seq) == Some(latest.0)
+        {
+            metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "hit")
+                .increment(1);
+            return Ok(held);
+        }
+        self.catch_up(log, case, held, Some(latest)).await
+    }
+
+    /// [`CaseCache::load`] for a caller that must see everything in the log
+    /// (an API call deciding whether a request is new, a refusal): asks the
+    /// log where the case ends even when the held state is final.
+    pub async fn load_latest(&self, log: &dyn CaseLog, case: &CaseKey) -> Result<Held<S>, LogError> {
+        match self.take(case) {
+            None => {
+                metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "miss")
+                    .increment(1);
+                Ok(Held::of_log(case, &log.read(case, 0).await?))
+            }
+            Some(held) => self.catch_up(log, case, held, None).await,
+        }
+    }
+
+    /// Reads what follows `held`'s head (up to `until` when known) and
+    /// folds it; the whole log when that does not continue the head.
+    async fn catch_up(
+        &self,
+        log: &dyn CaseLog,
+        case: &CaseKey,
+        mut held: Held<S>,
+        until: Option<(u64, u64)>,
+    ) -> Result<Held<S>, LogError> {
+        let after = log.read_after(case, held.head.as_ref(), until).await?;
+        if held.extend(&after) {
+            let reached = held.head.as_ref().map_or(0, |h| h.stream_seq);
+            if until.is_none_or(|(seq, _)| reached >= seq) {
+                metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "read_after")
+                    .increment(1);
+                return Ok(held);
+            }
+        }
+        metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "reload")
+            .increment(1);
+        Ok(Held::of_log(case, &log.read(case, 0).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casework_caselog::conformance::{interaction, new_case};
+    use casework_caselog::{CaseLog, MemoryLog};
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Seen(Vec<u64>);
+    impl Fold for Seen {
+        fn empty(_: &CaseKey) -> Self {
+            Seen(Vec::new())
+        }
+        fn apply(&mut self, e: &StoredEvent) {
+            self.0.push(e.envelope.sequence);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_case_folds_the_next_delivery_without_reading() {
+        let log = MemoryLog::new();
+        let case = new_case("t");
+        let a = log
+            .append(&case, None, vec![interaction(&case, "1")])
+            .await
+            .unwrap();
+        let cache = CaseCache::<Seen>::new("test", 4);
+        let held = cache.load(&log, &case, &a.events).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1]));
+        cache.put(&case, held);
+        let b = log
+            .append(&case, Some(&a.head), vec![interaction(&case, "2")])
+            .await
+            .unwrap();
+        let held = cache.load(&log, &case, &b.events).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1, 2]));
+        assert_eq!(held.head, Some(b.head.clone()));
+        cache.put(&case, held);
+        // A gap (event 3 filtered out of the delivery, 4 delivered) is read.
+        let c = log
+            .append(&case, Some(&b.head), vec![interaction(&case, "3")])
+            .await
+            .unwrap();
+        let d = log
+            .append(&case, Some(&c.head), vec![interaction(&case, "4")])
+            .await
+            .unwrap();
+        let held = cache.load(&log, &case, &d.events).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1, 2, 3, 4]));
+    }
+
+    #[tokio::test]
+    async fn a_held_state_that_does_not_continue_the_log_is_reloaded() {
+        let log = MemoryLog::new();
+        let case = new_case("t");
+        let other = new_case("t");
+        let a = log
+            .append(&case, None, vec![interaction(&case, "1")])
+            .await
+            .unwrap();
+        let cache = CaseCache::<Seen>::new("test", 4);
+        // A held state claiming a head the log never had: another case's.
+        let o = log
+            .append(&other, None, vec![interaction(&other, "x")])
+            .await
+            .unwrap();
+        cache.put(
+            &case,
+            Held {
+                state: Seen(vec![7]),
+                head: Some(casework_caselog::Head {
+                    stream_seq: 0,
+                    ..o.head.clone()
+                }),
+            },
+        );
+        let held = cache.load_latest(&log, &case).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1]), "read whole");
+        assert_eq!(held.head, Some(a.head));
+    }
+}
