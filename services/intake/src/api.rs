@@ -1,27 +1,27 @@
-//! The gRPC service `casework.intake.v1.Intake`: validate, decide from the
-//! log (the truth for decisions), append with optimistic concurrency, make
-//! the write visible in this replica's read model, answer. Reads come from
-//! the read model.
+//! The gRPC service `casework.intake.v1.Intake`: validate, take the case's
+//! lock, decide on its held state (brought up to date with the log, the
+//! truth for decisions), append with optimistic concurrency through the
+//! runtime's one decide-append loop, make the write visible in this
+//! replica's read model, answer. Reads come from the read model.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use casework_caselog::{CaseKey, CaseLog, StoredEvent};
+use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::timestamp;
 use casework_domain::pb::envelope::Payload;
 use casework_domain::{CaseId, pb};
 use casework_proto::intake::v1 as api;
+use casework_runtime::held::{CaseCache, Held};
+use casework_runtime::reconcile::{Decision, Rounds, decide_and_append, lock_case};
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use crate::decide::{self, CaseView, RequestOutcome};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, failure_to_error};
 use crate::readmodel::{ReadModel, promise_to_api};
 use crate::validate::{self, CaseRequest};
-
-/// Decide-append rounds on a busy case before giving up (UNAVAILABLE).
-const MAX_ROUNDS: usize = 8;
 
 /// The intake gRPC service.
 #[derive(Debug, Clone)]
@@ -32,19 +32,18 @@ pub struct IntakeApi {
 #[derive(Debug)]
 struct Inner {
     log: Arc<dyn CaseLog>,
+    cache: Arc<CaseCache<CaseView>>,
     catalogs: Catalogs,
     read_model: ReadModel,
     read_your_writes: Duration,
 }
 
-fn view_of(events: &[StoredEvent]) -> CaseView {
-    CaseView::fold(events.iter().map(|e| &e.envelope))
-}
-
 impl IntakeApi {
-    /// The service over `log`, promising with `catalogs.current()`.
+    /// The service over `log`, promising with `catalogs.current()`, on the
+    /// held case states in `cache` (shared with the closer).
     pub fn new(
         log: Arc<dyn CaseLog>,
+        cache: Arc<CaseCache<CaseView>>,
         catalogs: Catalogs,
         read_model: ReadModel,
         read_your_writes: Duration,
@@ -52,6 +51,7 @@ impl IntakeApi {
         Self {
             inner: Arc::new(Inner {
                 log,
+                cache,
                 catalogs,
                 read_model,
                 read_your_writes,
@@ -93,18 +93,23 @@ impl IntakeApi {
             _ => return Err(Error::Internal("decide_open broke its shape".into())),
         };
         let traceparent = casework_telemetry::current_traceparent();
+        let _lock = lock_case(crate::SERVICE, &case).await;
+        // A new case id (no idempotency key) has no log yet: nothing to
+        // read. A derived one may exist: the first append expects an empty
+        // log, and a retry finds the case below.
         match i
             .log
             .append_traced(&case, None, events, traceparent.as_deref())
             .await
         {
-            Ok(a) if !a.already => {
+            Ok(a) if a.fresh() => {
                 metrics::counter!(
                     "casework_cases_opened_total",
                     "tenant" => cmd.tenant.to_string(),
                     "service" => cmd.service_code.clone()
                 )
                 .increment(1);
+                i.cache.put(&case, Held::of_log(&case, &a.events));
                 self.make_visible(&case, a.head.stream_seq).await?;
                 Ok(api::OpenCaseResponse {
                     case_id: case_id.to_string(),
@@ -120,37 +125,68 @@ impl IntakeApi {
     }
 
     /// Answers an OpenCase whose case already exists (a retry with the same
-    /// idempotency key) from the case's own events.
+    /// idempotency key) from the case's own events, making its promise if
+    /// it was opened without one (a crash between the two appends). The
+    /// caller holds the case's lock.
     async fn replay_open(
         &self,
         case: &CaseKey,
         cmd: &validate::OpenCase,
     ) -> Result<api::OpenCaseResponse> {
-        let events = self.inner.log.read(case, 0).await?;
-        let view = view_of(&events);
-        let (Some(opened), Some(promise)) = (&view.state.opened, &view.promise_made) else {
-            return Err(Error::Internal(format!(
-                "case {case} exists but does not start with case_opened and promise_made"
-            )));
-        };
-        if !decide::same_request(opened, cmd) {
-            return Err(Error::AlreadyExists(format!(
-                "idempotency_key {:?} was already used for another request (customer {:?}, service {:?}); \
-                 use a new key for a new request",
-                cmd.idempotency_key.as_deref().unwrap_or_default(),
-                opened.customer_id,
-                opened.service_code
-            )));
+        let i = &self.inner;
+        let mut refusal: Option<Error> = None;
+        let mut answer: Option<api::OpenCaseResponse> = None;
+        let catalog = i.catalogs.current();
+        let decided = decide_and_append(
+            &*i.log,
+            &i.cache,
+            case,
+            &[],
+            Rounds::UntilIdle,
+            |view, _| {
+                let Some(opened) = &view.state.opened else {
+                    refusal = Some(Error::Internal(format!(
+                        "case {case} exists but does not start with case_opened"
+                    )));
+                    return Ok(Decision::<()>::default());
+                };
+                if !decide::same_request(opened, cmd) {
+                    refusal = Some(Error::AlreadyExists(format!(
+                        "idempotency_key {:?} was already used for another request (customer {:?}, service {:?}); \
+                         use a new key for a new request",
+                        cmd.idempotency_key.as_deref().unwrap_or_default(),
+                        opened.customer_id,
+                        opened.service_code
+                    )));
+                    return Ok(Decision::default());
+                }
+                if let Some(promise) = decide::decide_promise(view, catalog)? {
+                    return Ok(Decision {
+                        events: vec![promise],
+                        effects: Vec::new(),
+                    });
+                }
+                answer = view.promise_made.as_ref().map(|p| api::OpenCaseResponse {
+                    case_id: case.case_id.to_string(),
+                    promise: Some(promise_to_api(p)),
+                    opened_at: view.state.opened_at.map(timestamp),
+                    replayed: true,
+                });
+                Ok(Decision::default())
+            },
+        )
+        .await
+        .map_err(failure_to_error)?;
+        if let Some(e) = refusal {
+            return Err(e);
         }
-        if let Some(last) = events.last() {
-            self.make_visible(case, last.stream_seq).await?;
+        let answer = answer.ok_or_else(|| {
+            Error::Internal(format!("case {case} has no promise after making it"))
+        })?;
+        if let Some(head) = &decided.head {
+            self.make_visible(case, head.stream_seq).await?;
         }
-        Ok(api::OpenCaseResponse {
-            case_id: case.case_id.to_string(),
-            promise: Some(promise_to_api(promise)),
-            opened_at: view.state.opened_at.map(timestamp),
-            replayed: true,
-        })
+        Ok(answer)
     }
 
     /// Records a request about an existing case: decide from the log,
@@ -166,43 +202,45 @@ impl IntakeApi {
             case_id: req.case_id.clone(),
         };
         let fresh = ulid::Ulid::new().to_string();
-        for _ in 0..MAX_ROUNDS {
-            let events = i.log.read(&case, 0).await?;
-            let view = view_of(&events);
-            match decide::decide_request(&view, &req, to_payload, &fresh, Utc::now())? {
-                RequestOutcome::Replayed { event_id, sequence } => {
-                    if let Some(last) = events.last() {
-                        self.make_visible(&case, last.stream_seq).await?;
-                    }
-                    return Ok(api::Recorded {
-                        case_id: case.case_id.to_string(),
-                        event_id,
-                        sequence,
-                        replayed: true,
-                    });
-                }
-                RequestOutcome::Append(event) => {
-                    let event_id = event.event_id.to_string();
-                    let head = events.last().map(StoredEvent::head);
-                    match i.log.append(&case, head.as_ref(), vec![*event]).await {
-                        Ok(a) => {
-                            self.make_visible(&case, a.head.stream_seq).await?;
-                            return Ok(api::Recorded {
-                                case_id: case.case_id.to_string(),
-                                event_id,
-                                sequence: a.head.case_seq,
-                                replayed: a.already,
-                            });
-                        }
-                        Err(e) if e.is_conflict() => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+        let mut outcome: Option<Result<RequestOutcome>> = None;
+        let _lock = lock_case(crate::SERVICE, &case).await;
+        let decided = decide_and_append(&*i.log, &i.cache, &case, &[], Rounds::Once, |view, _| {
+            let decided = decide::decide_request(view, &req, to_payload, &fresh, Utc::now());
+            let events = match &decided {
+                Ok(RequestOutcome::Append(event)) => vec![(**event).clone()],
+                _ => Vec::new(),
+            };
+            outcome = Some(decided);
+            Ok(Decision::<()> {
+                events,
+                effects: Vec::new(),
+            })
+        })
+        .await
+        .map_err(failure_to_error)?;
+        let head = decided.head.clone();
+        let (event_id, sequence, replayed) = match outcome {
+            Some(Ok(RequestOutcome::Replayed { event_id, sequence })) => (event_id, sequence, true),
+            Some(Ok(RequestOutcome::Append(event))) => {
+                let a = decided
+                    .rounds
+                    .iter()
+                    .find_map(|r| r.appended.as_ref())
+                    .ok_or_else(|| Error::Internal("an append left no trace".into()))?;
+                (event.event_id.to_string(), a.head.case_seq, a.already)
             }
+            Some(Err(e)) => return Err(e),
+            None => return Err(Error::Internal("the request was not decided".into())),
+        };
+        if let Some(h) = &head {
+            self.make_visible(&case, h.stream_seq).await?;
         }
-        Err(Error::Unavailable(format!(
-            "case {case} kept changing under {MAX_ROUNDS} attempts; retry with the same request_id"
-        )))
+        Ok(api::Recorded {
+            case_id: case.case_id.to_string(),
+            event_id,
+            sequence,
+            replayed,
+        })
     }
 
     async fn get_case(&self, req: api::GetCaseRequest) -> Result<api::Case> {

@@ -1,29 +1,40 @@
 //! The closing reconciler (DESIGN.md §2): the front stage closes the loop.
-//! Every change to any case wakes it through the shared durable consumer
-//! `intake`; it folds the case from the log, asks [`decide_close`] and
-//! appends `customer_notified` + `case_closed` atomically with the log's
-//! head as expectation. Redelivery, and two replicas racing on one case, are
-//! harmless: the ids are deterministic and the loser's append conflicts,
-//! reloads and sees the case closed.
+//! The events that can settle a case wake it through the shared durable
+//! consumer `intake-closer`; on the case's held state (shared with the API,
+//! brought up to date with what woke it) it asks [`decide_closer`]: the
+//! promise of a case found opened without one (a crash between OpenCase's
+//! two appends), else `customer_notified` then `case_closed`, each appended
+//! on the head the previous one produced. Redelivery, a crash between two
+//! events, and two replicas racing on one case, are harmless: the ids are
+//! deterministic, every prefix is a state the rules continue from, and the
+//! loser's append conflicts, reloads and sees the case closed.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use casework_caselog::{CaseKey, CaseLog};
-use casework_runtime::reconcile::{Failure, Reconciler, decide_and_append};
+use casework_caselog::{CaseKey, CaseLog, StoredEvent};
+use casework_catalog::Catalogs;
+use casework_runtime::held::CaseCache;
+use casework_runtime::reconcile::{Failure, Reconciler, Rounds, decide_and_append};
 use chrono::Utc;
 
-use crate::decide::{CaseView, decide_close};
+use crate::decide::{CaseView, decide_closer};
 
-/// The durable consumer that wakes the closer (shared by the replicas).
-pub const CLOSER_CONSUMER: &str = "intake-closer";
+/// The durable consumer that wakes the closer (shared by the replicas; its
+/// filters are [`WAKE_FILTERS`], and a consumer of the same name with other
+/// filters is refused, hence the version in the name).
+pub const CLOSER_CONSUMER: &str = "intake-closer-v2";
 
-/// The events after which a case may be ready to close (see
+/// The events after which the closer may have something to do: a case
+/// opened (its promise may be missing after a crash; when the API made it,
+/// the held state already has it and the wake-up costs no read), and those
+/// after which a case may be ready to close (see
 /// [`crate::decide::closing_resolution`]): a withdrawal, a kept promise, a
 /// failure for good, and recovery's events (a recovery opening or
-/// completing). Steps, interactions and intake's own other events do not
-/// wake the closer.
-pub const WAKE_FILTERS: [&str; 4] = [
+/// completing). Steps, interactions and intake's other events do not wake
+/// the closer.
+pub const WAKE_FILTERS: [&str; 5] = [
+    "case.*.*.intake.case_opened",
     "case.*.*.intake.case_withdrawn",
     "case.*.*.fulfilment.promise_kept",
     "case.*.*.fulfilment.fulfilment_failed",
@@ -34,12 +45,20 @@ pub const WAKE_FILTERS: [&str; 4] = [
 #[derive(Debug)]
 pub struct Closer {
     log: Arc<dyn CaseLog>,
+    cache: Arc<CaseCache<CaseView>>,
+    catalogs: Catalogs,
 }
 
 impl Closer {
-    /// A closer appending through `log` (bound to the intake writer).
-    pub fn new(log: Arc<dyn CaseLog>) -> Self {
-        Self { log }
+    /// A closer appending through `log` (bound to the intake writer), on
+    /// the held states in `cache` (shared with the API); a missing promise
+    /// is made from `catalogs.current()`.
+    pub fn new(log: Arc<dyn CaseLog>, cache: Arc<CaseCache<CaseView>>, catalogs: Catalogs) -> Self {
+        Self {
+            log,
+            cache,
+            catalogs,
+        }
     }
 }
 
@@ -52,16 +71,22 @@ pub fn resolution_label(r: casework_domain::pb::Resolution) -> String {
 
 #[async_trait]
 impl Reconciler for Closer {
-    async fn reconcile(&self, case: &CaseKey) -> Result<(), Failure> {
-        let decided = decide_and_append(&*self.log, case, |events| {
-            let view = CaseView::fold(events.iter().map(|e| &e.envelope));
-            Ok(decide_close(&view, Utc::now()))
-        })
+    async fn reconcile(&self, case: &CaseKey, woke: &[StoredEvent]) -> Result<(), Failure> {
+        let catalog = self.catalogs.current();
+        let decided = decide_and_append(
+            &*self.log,
+            &self.cache,
+            case,
+            woke,
+            Rounds::UntilIdle,
+            |view, _| decide_closer(view, catalog, Utc::now()),
+        )
         .await?;
-        if let Some(a) = &decided.appended
-            && !a.already
-        {
-            for closed in decided.effects {
+        for round in &decided.rounds {
+            if !round.appended.as_ref().is_some_and(|a| a.fresh()) {
+                continue;
+            }
+            for closed in &round.effects {
                 tracing::info!(case = %case, resolution = ?closed.resolution, "case closed");
                 metrics::counter!(
                     "casework_cases_closed_total",
@@ -69,6 +94,11 @@ impl Reconciler for Closer {
                 )
                 .increment(1);
             }
+        }
+        if decided.unfinished {
+            return Err(Failure::Retry(format!(
+                "case {case} had more to decide than one wake-up takes"
+            )));
         }
         Ok(())
     }

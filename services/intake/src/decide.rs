@@ -99,9 +99,44 @@ impl CaseView {
     }
 }
 
-/// The events that open a case and make its promise, appended atomically.
-/// Their ids derive from the idempotency key (or the case id), so the same
-/// request always yields the same events.
+impl casework_runtime::held::Fold for CaseView {
+    fn empty(_: &casework_caselog::CaseKey) -> Self {
+        CaseView::default()
+    }
+
+    fn apply(&mut self, e: &casework_caselog::StoredEvent) {
+        CaseView::apply(self, &e.envelope);
+    }
+
+    /// A closed case asks nothing more of the closer.
+    fn is_final(&self) -> bool {
+        self.state.is_closed()
+    }
+}
+
+/// What the closer decides for a case: the promise of a case found opened
+/// without one (nothing acts on a case before its promise), else whether
+/// to close it ([`decide_close`]).
+pub fn decide_closer(
+    view: &CaseView,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> std::result::Result<Decision<Closed>, String> {
+    if let Some(promise) = decide_promise(view, catalog)? {
+        return Ok(Decision {
+            events: vec![promise],
+            effects: Vec::new(),
+        });
+    }
+    Ok(decide_close(view, now))
+}
+
+/// The events that open a case and make its promise: `case_opened`, then
+/// `promise_made`, appended one after the other. Their ids derive from the
+/// idempotency key (or the case id), so the same request always yields the
+/// same events; and a case found opened without its promise (a crash
+/// between the two appends) gets exactly this promise from
+/// [`decide_promise`].
 pub fn decide_open(
     cmd: &OpenCase,
     case_id: &CaseId,
@@ -109,11 +144,6 @@ pub fn decide_open(
     catalog: &Catalog,
     now: DateTime<Utc>,
 ) -> Vec<NewEvent> {
-    let cause = cmd
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| case_id.to_string());
-    let correlation_id = case_id.to_string();
     let opened = pb::CaseOpened {
         customer_id: cmd.customer_id.clone(),
         channel: cmd.channel as i32,
@@ -124,11 +154,50 @@ pub fn decide_open(
         idempotency_key: cmd.idempotency_key.clone().unwrap_or_default(),
         opened_by: cmd.opened_by.clone(),
     };
+    let open = NewEvent {
+        event_id: EventId::derive(case_id, &open_cause(&opened, case_id), "case_opened"),
+        occurred_at: now,
+        causation_id: String::new(),
+        correlation_id: case_id.to_string(),
+        payload: Payload::CaseOpened(opened.clone()),
+    };
+    let promise = promise_event(
+        case_id,
+        &opened,
+        &case_id.to_string(),
+        service,
+        catalog,
+        now,
+    );
+    vec![open, promise]
+}
+
+/// What the ids of a case's opening events derive from: the idempotency
+/// key, or the case id when there is none.
+fn open_cause(opened: &pb::CaseOpened, case_id: &CaseId) -> String {
+    if opened.idempotency_key.is_empty() {
+        case_id.to_string()
+    } else {
+        opened.idempotency_key.clone()
+    }
+}
+
+/// The promise of a case opened at `opened_at` for `service` (of
+/// `catalog`): the deadline counts from the opening, so a promise made late
+/// (after a crash) promises what the customer was promised at the counter.
+fn promise_event(
+    case_id: &CaseId,
+    opened: &pb::CaseOpened,
+    correlation_id: &str,
+    service: &ServiceDef,
+    catalog: &Catalog,
+    opened_at: DateTime<Utc>,
+) -> NewEvent {
     let promise = pb::PromiseMade {
         service_code: service.code.clone(),
         catalog_version: catalog.version().to_string(),
         catalog_digest: catalog.digest().to_owned(),
-        deadline: Some(timestamp(service.promise_deadline(now))),
+        deadline: Some(timestamp(service.promise_deadline(opened_at))),
         promised_outcome: service.promise.outcome.clone(),
         deadline_rule: service.promise.deadline.to_string(),
         calendar: service
@@ -138,17 +207,50 @@ pub fn decide_open(
             .map(|c| c.name().to_owned())
             .unwrap_or_default(),
     };
-    let event = |key: &str, payload| NewEvent {
-        event_id: EventId::derive(case_id, &cause, key),
-        occurred_at: now,
+    NewEvent {
+        event_id: EventId::derive(case_id, &open_cause(opened, case_id), "promise_made"),
+        occurred_at: opened_at,
         causation_id: String::new(),
-        correlation_id: correlation_id.clone(),
-        payload,
+        correlation_id: correlation_id.to_owned(),
+        payload: Payload::PromiseMade(promise),
+    }
+}
+
+/// The promise of a case found opened without one (a crash between
+/// `case_opened` and `promise_made`): the same event [`decide_open`] would
+/// have appended, from the current catalogue, with the deadline counted
+/// from the opening. Nothing when the case has its promise, is not opened,
+/// or names a service the catalogue lacks (then it is `Err`, to park).
+pub fn decide_promise(
+    view: &CaseView,
+    catalog: &Catalog,
+) -> std::result::Result<Option<NewEvent>, String> {
+    let s = &view.state;
+    let (Some(opened), None) = (&s.opened, &view.promise_made) else {
+        return Ok(None);
     };
-    vec![
-        event("case_opened", Payload::CaseOpened(opened)),
-        event("promise_made", Payload::PromiseMade(promise)),
-    ]
+    let case_id = CaseId::parse(&s.case_id).map_err(|e| e.to_string())?;
+    let service = catalog.service(&opened.service_code).ok_or_else(|| {
+        format!(
+            "the case was opened for service {:?}, which catalogue version {} lacks; its promise cannot be made",
+            opened.service_code,
+            catalog.version()
+        )
+    })?;
+    let opened_at = s.opened_at.unwrap_or_else(Utc::now);
+    let correlation = if view.correlation_id.is_empty() {
+        case_id.to_string()
+    } else {
+        view.correlation_id.clone()
+    };
+    Ok(Some(promise_event(
+        &case_id,
+        opened,
+        &correlation,
+        service,
+        catalog,
+        opened_at,
+    )))
 }
 
 /// True when an existing case was opened by the same request as `cmd` (a
@@ -324,12 +426,21 @@ pub fn notification(view: &CaseView, resolution: Resolution) -> String {
     }
 }
 
-/// Decides whether to close the case now: `customer_notified` and
-/// `case_closed` atomically, on the channel the case was opened on. The ids
+/// Decides whether to close the case now: `customer_notified`, then
+/// `case_closed`, on the channel the case was opened on (a case found
+/// notified but not closed is closed with the same resolution: the
+/// notification is not sent twice). The ids
 /// derive from the case alone (a case is closed once), so two replicas, a
 /// redelivery or a retried append all produce the same events.
 pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
-    let Some(resolution) = closing_resolution(view) else {
+    // A case whose customer was told (and that is not closed yet) closes
+    // with what they were told, whatever came in between.
+    let told = view
+        .state
+        .notified
+        .filter(|_| !view.state.is_closed())
+        .and_then(|r| Resolution::try_from(r).ok());
+    let Some(resolution) = told.or_else(|| closing_resolution(view)) else {
         return Decision::default();
     };
     let Ok(case_id) = CaseId::parse(&view.state.case_id) else {
@@ -348,24 +459,27 @@ pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
         },
         payload,
     };
+    let notify = (told.is_none()).then(|| {
+        event(
+            "customer_notified",
+            Payload::CustomerNotified(pb::CustomerNotified {
+                channel,
+                message: message.clone(),
+                resolution: resolution as i32,
+            }),
+        )
+    });
     Decision {
-        events: vec![
-            event(
-                "customer_notified",
-                Payload::CustomerNotified(pb::CustomerNotified {
-                    channel,
-                    message: message.clone(),
-                    resolution: resolution as i32,
-                }),
-            ),
-            event(
+        events: notify
+            .into_iter()
+            .chain([event(
                 "case_closed",
                 Payload::CaseClosed(pb::CaseClosed {
                     resolution: resolution as i32,
                     summary: message,
                 }),
-            ),
-        ],
+            )])
+            .collect(),
         effects: vec![Closed { resolution }],
     }
 }
@@ -735,5 +849,91 @@ mod tests {
         let mut other = cmd.clone();
         other.customer_id = "c2".into();
         assert!(!same_request(o, &other));
+    }
+
+    /// Every prefix of a decision is a state the rules continue from with
+    /// the same events: a crash between `case_opened` and `promise_made`
+    /// is healed by the closer making exactly the promise OpenCase would
+    /// have made (same id, same deadline, counted from the opening).
+    #[test]
+    fn a_case_opened_without_its_promise_gets_the_same_promise() {
+        let catalog = casework_catalog::sample();
+        let service = catalog.service("refund").unwrap();
+        let cmd = OpenCase {
+            tenant: Tenant::parse("acme").unwrap(),
+            customer_id: "c1".into(),
+            channel: pb::Channel::Web,
+            stage: pb::PurchaseStage::PostPurchase,
+            service_code: "refund".into(),
+            summary: "refund order 42".into(),
+            attributes: Default::default(),
+            idempotency_key: None,
+            opened_by: None,
+        };
+        let id = CaseId::derive(&cmd.tenant, "no-key");
+        let opened_at = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let open = decide_open(&cmd, &id, service, &catalog, opened_at);
+        let envelope = |i: usize, e: &NewEvent| Envelope {
+            event_id: e.event_id.to_string(),
+            tenant: "acme".into(),
+            case_id: id.to_string(),
+            sequence: i as u64 + 1,
+            event_type: EventType::of(&e.payload).to_string(),
+            correlation_id: e.correlation_id.clone(),
+            occurred_at: Some(timestamp(e.occurred_at)),
+            payload: Some(e.payload.clone()),
+            ..Default::default()
+        };
+        let only_opened = CaseView::fold(&[envelope(0, &open[0])]);
+        let later = opened_at + chrono::Duration::minutes(5);
+        let healed = decide_closer(&only_opened, &catalog, later).unwrap();
+        assert_eq!(healed.events.len(), 1, "just the promise");
+        assert_eq!(healed.events[0].event_id, open[1].event_id);
+        assert_eq!(healed.events[0].payload, open[1].payload);
+        // With the promise in place there is nothing to heal.
+        let both = CaseView::fold(&[envelope(0, &open[0]), envelope(1, &open[1])]);
+        assert!(
+            decide_closer(&both, &catalog, later)
+                .unwrap()
+                .events
+                .is_empty()
+        );
+        // A service the catalogue lacks cannot be promised: park, clearly.
+        let mut unknown = only_opened.clone();
+        if let Some(o) = unknown.state.opened.as_mut() {
+            o.service_code = "retired".into();
+        }
+        let err = decide_closer(&unknown, &catalog, later).unwrap_err();
+        assert!(err.contains("retired"), "{err}");
+    }
+
+    /// A crash between `customer_notified` and `case_closed` is healed by
+    /// closing with what the customer was told — even when a recovery
+    /// started in between — and the notification is not sent twice.
+    #[test]
+    fn a_notified_case_closes_with_what_the_customer_was_told() {
+        let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let mut payloads = opened();
+        payloads.push(kept(false));
+        let whole = decide_close(&view(payloads.clone()), now);
+        assert_eq!(whole.events.len(), 2);
+        payloads.push(whole.events[0].payload.clone());
+        let after_notice = decide_close(&view(payloads.clone()), now);
+        assert_eq!(after_notice.events.len(), 1);
+        assert_eq!(after_notice.events[0].event_id, whole.events[1].event_id);
+        assert_eq!(after_notice.events[0].payload, whole.events[1].payload);
+        // A recovery opened after the notice does not hold the close back.
+        payloads.push(Payload::RecoveryStarted(pb::RecoveryStarted {
+            recovery: 1,
+            ..Default::default()
+        }));
+        let still = decide_close(&view(payloads.clone()), now);
+        assert_eq!(still.events.len(), 1);
+        assert_eq!(still.events[0].event_id, whole.events[1].event_id);
+        payloads.push(still.events[0].payload.clone());
+        assert!(
+            decide_close(&view(payloads), now).events.is_empty(),
+            "closed once"
+        );
     }
 }

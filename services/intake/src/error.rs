@@ -37,6 +37,10 @@ pub enum Error {
     /// A bug or corrupt data.
     #[error("{0}")]
     Internal(String),
+    /// The decide-append loop did not finish (a case that cannot be
+    /// decided, or a transient failure).
+    #[error("{0:?}")]
+    Failed(casework_runtime::reconcile::Failure),
 }
 
 /// Result alias with the crate's error.
@@ -62,17 +66,14 @@ pub fn to_status(e: Error) -> tonic::Status {
         Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
         Error::Unavailable(_) => Status::unavailable(e.to_string()),
         Error::Internal(_) => Status::internal(e.to_string()),
-        Error::Log(l) => match l {
-            LogError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            LogError::Conflict { .. } | LogError::Unavailable(_) | LogError::Nats(_) => {
-                Status::unavailable(format!("{e}; retry with the same idempotency key"))
-            }
-            _ => {
-                tracing::error!(error = %e, "log error");
-                Status::internal(e.to_string())
-            }
-        },
+        Error::Log(l) => casework_runtime::grpc::log_status(l),
+        Error::Failed(f) => casework_runtime::grpc::failure_status(f),
     }
+}
+
+/// A decide-append loop that did not finish, as the API's error.
+pub fn failure_to_error(f: casework_runtime::reconcile::Failure) -> Error {
+    Error::Failed(f)
 }
 
 impl From<Error> for tonic::Status {

@@ -1,13 +1,17 @@
 //! `casework-intake` is the front stage (DESIGN.md §1): it takes customers'
 //! requests over gRPC (`casework.intake.v1.Intake`), opens cases and makes
-//! their promise (`case_opened` + `promise_made`, one atomic append, the
-//! deadline from the current service catalogue), records interactions,
-//! feedback and withdrawals, and closes the loop: when a case's outcome is
-//! settled it tells the customer and closes the case (`customer_notified` +
-//! `case_closed`). It serves GetCase and ListCases from its own redb read
-//! model, rebuilt from the log when the data directory is empty. It must not
-//! call another service, write another writer's events, or decide from its
-//! read model: decisions are taken on the case's log.
+//! their promise (`case_opened`, then `promise_made`: one event per append,
+//! the deadline from the current service catalogue, counted from the
+//! opening; a case found opened without its promise gets it from the
+//! closer), records interactions, feedback and withdrawals, and closes the
+//! loop: when a case's outcome is settled it tells the customer and closes
+//! the case (`customer_notified`, then `case_closed`). Decisions are taken
+//! on the case's state held in memory (shared by the API and the closer,
+//! under the case's lock) and brought up to date with the log before each
+//! one. It serves GetCase and ListCases from its own redb read model,
+//! rebuilt from the log when the data directory is empty. It must not call
+//! another service, write another writer's events, or decide from its read
+//! model: decisions are taken on the case's log.
 //!
 //! Layout: `validate` (pure request checks, one error per field), `decide`
 //! (pure: [`decide::CaseView`], opening, requests, [`decide::decide_close`]),
@@ -49,6 +53,7 @@ use casework_caselog::CaseLog;
 use casework_domain::Writer;
 use casework_proto::intake::v1::intake_server::IntakeServer;
 use casework_runtime::grpc::GrpcServer;
+use casework_runtime::held::CaseCache;
 use casework_runtime::http::{self, Readiness};
 use casework_runtime::reconcile::{LoopConfig, Parked, run_case_loop};
 use casework_runtime::{Options, Validate, load_catalogs, nats, store};
@@ -72,6 +77,10 @@ pub struct IntakeSettings {
     /// How long a write waits for this replica's read model to apply it
     /// before applying the case itself, in milliseconds.
     pub read_your_writes_timeout_ms: u64,
+    /// Cases whose folded state this replica holds in memory (least
+    /// recently used evicted first; an evicted case is read whole once
+    /// when next needed). About 2 KiB per case.
+    pub cache_cases: usize,
 }
 
 impl Default for IntakeSettings {
@@ -79,6 +88,7 @@ impl Default for IntakeSettings {
         Self {
             close_concurrency: 32,
             read_your_writes_timeout_ms: 2000,
+            cache_cases: 10_000,
         }
     }
 }
@@ -94,6 +104,12 @@ impl Validate for IntakeSettings {
         }
         if self.read_your_writes_timeout_ms == 0 {
             p.push("read_your_writes_timeout_ms: must be above 0".to_owned());
+        }
+        if self.cache_cases == 0 || self.cache_cases > 10_000_000 {
+            p.push(format!(
+                "cache_cases: {} must be between 1 and 10000000",
+                self.cache_cases
+            ));
         }
         p
     }
@@ -139,9 +155,14 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         readiness.clone(),
         stop.clone(),
     ));
+    let cache = Arc::new(CaseCache::new(SERVICE, options.service.cache_cases));
     let mut closer = tokio::spawn(run_case_loop(
         log.clone(),
-        Arc::new(closer::Closer::new(log.clone())),
+        Arc::new(closer::Closer::new(
+            log.clone(),
+            cache.clone(),
+            catalogs.clone(),
+        )),
         LoopConfig {
             service: SERVICE,
             durable: closer::CLOSER_CONSUMER.to_owned(),
@@ -157,6 +178,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
 
     let service = api::IntakeApi::new(
         log,
+        cache,
         catalogs,
         read_model,
         Duration::from_millis(options.service.read_your_writes_timeout_ms),

@@ -272,7 +272,8 @@ pub(crate) fn seal_for(
         });
     }
     let tip = after.map(Head::tip).unwrap_or(ChainTip::EMPTY);
-    let mut sealed = casework_domain::seal(&case.tenant, &case.case_id, instance, tip, vec![event])?;
+    let mut sealed =
+        casework_domain::seal(&case.tenant, &case.case_id, instance, tip, vec![event])?;
     Ok(sealed.pop().expect("one sealed event"))
 }
 

@@ -195,7 +195,11 @@ impl<S: Fold> CaseCache<S> {
     /// [`CaseCache::load`] for a caller that must see everything in the log
     /// (an API call deciding whether a request is new, a refusal): asks the
     /// log where the case ends even when the held state is final.
-    pub async fn load_latest(&self, log: &dyn CaseLog, case: &CaseKey) -> Result<Held<S>, LogError> {
+    pub async fn load_latest(
+        &self,
+        log: &dyn CaseLog,
+        case: &CaseKey,
+    ) -> Result<Held<S>, LogError> {
         match self.take(case) {
             None => {
                 metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "miss")
@@ -308,5 +312,141 @@ mod tests {
         let held = cache.load_latest(&log, &case).await.unwrap();
         assert_eq!(held.state, Seen(vec![1]), "read whole");
         assert_eq!(held.head, Some(a.head));
+    }
+
+    mod cached_equals_fresh {
+        use super::*;
+        use crate::reconcile::{Decision, Rounds, decide_and_append};
+        use casework_caselog::Head;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Another writer appends (the held state goes stale).
+            Other,
+            /// Some of the events not yet delivered are delivered (a
+            /// filtered consumer skips the rest), then the case is decided.
+            Deliver(Vec<bool>),
+            /// A timer or an API call: decide with nothing delivered.
+            Fire,
+            /// The case is evicted from the cache.
+            Evict,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => Just(Op::Other),
+                4 => proptest::collection::vec(any::<bool>(), 0..4).prop_map(Op::Deliver),
+                2 => Just(Op::Fire),
+                1 => Just(Op::Evict),
+            ]
+        }
+
+        /// The rule under test (a pure function of the state): append one
+        /// event while the case's length is not a multiple of five.
+        fn rule(s: &Seen) -> bool {
+            s.0.len() % 5 != 0 || s.0.is_empty()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// For any interleaving of deliveries (complete, partial or
+            /// none), other writers' appends (conflicts), and evictions, the
+            /// held path decides on exactly the state a fresh fold of the
+            /// log gives at the head it decides on, never on one older than
+            /// a delivery, and every append lands on the true head.
+            #[test]
+            fn the_held_path_decides_as_a_fresh_fold(ops in proptest::collection::vec(op(), 1..40)) {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    let log = MemoryLog::new();
+                    let case = new_case("t");
+                    let cache = CaseCache::<Seen>::new("prop", 2);
+                    let mut delivered_upto = 0u64;
+                    let mut other = 0;
+                    for op in ops {
+                        let woke: Vec<StoredEvent> = match &op {
+                            Op::Other => {
+                                other += 1;
+                                let head = log.head(&case).await.unwrap();
+                                log.append(&case, head.as_ref(), vec![interaction(&case, &format!("o{other}"))])
+                                    .await
+                                    .unwrap();
+                                continue;
+                            }
+                            Op::Evict => {
+                                cache.forget(&case);
+                                continue;
+                            }
+                            Op::Fire => Vec::new(),
+                            Op::Deliver(pick) => {
+                                let all = log.read(&case, delivered_upto + 1).await.unwrap();
+                                let mut w: Vec<StoredEvent> = all
+                                    .into_iter()
+                                    .zip(pick.iter().chain(std::iter::repeat(&false)))
+                                    .filter(|(_, p)| **p)
+                                    .map(|(e, _)| e)
+                                    .collect();
+                                if let Some(last) = w.last() {
+                                    delivered_upto = last.stream_seq;
+                                }
+                                w.reverse(); // any order
+                                w
+                            }
+                        };
+                        let newest = woke.iter().map(|e| e.stream_seq).max().unwrap_or(0);
+                        let mut k = 0usize;
+                        let mut seen: Vec<(Seen, Option<Head>)> = Vec::new();
+                        let decided = decide_and_append(&log, &cache, &case, &woke, Rounds::UntilIdle, |s: &Seen, head| {
+                            seen.push((s.clone(), head.cloned()));
+                            if !rule(s) {
+                                return Ok(Decision::<()>::default());
+                            }
+                            k += 1;
+                            Ok(Decision {
+                                events: vec![interaction(&case, &format!("m{}-{k}", s.0.len()))],
+                                effects: vec![],
+                            })
+                        })
+                        .await
+                        .unwrap();
+                        let log_now = log.read(&case, 0).await.unwrap();
+                        for (state, head) in &seen {
+                            let upto = head.as_ref().map_or(0, |h| h.stream_seq);
+                            let prefix: Vec<StoredEvent> =
+                                log_now.iter().filter(|e| e.stream_seq <= upto).cloned().collect();
+                            prop_assert_eq!(state, &Held::<Seen>::of_log(&case, &prefix).state);
+                            prop_assert!(upto >= newest, "decided on a state older than a delivery");
+                        }
+                        let reached = decided.head.as_ref().map_or(0, |h| h.stream_seq);
+                        prop_assert!(reached >= newest);
+                    }
+                    // Once everything is delivered, the held path reaches
+                    // the fixpoint a fresh fold of the whole log reaches.
+                    let all = log.read(&case, 0).await.unwrap();
+                    decide_and_append(&log, &cache, &case, &all, Rounds::UntilIdle, |s: &Seen, _| {
+                        Ok(Decision::<()> {
+                            events: if rule(s) {
+                                vec![interaction(&case, &format!("f{}", s.0.len()))]
+                            } else {
+                                vec![]
+                            },
+                            effects: vec![],
+                        })
+                    })
+                    .await
+                    .unwrap();
+                    let fresh = Held::<Seen>::of_log(&case, &log.read(&case, 0).await.unwrap());
+                    let held = cache.take(&case).expect("held after deciding");
+                    prop_assert!(!rule(&fresh.state), "the fixpoint is reached");
+                    prop_assert_eq!(&held.state, &fresh.state);
+                    prop_assert_eq!(held.head, fresh.head);
+                    let raw = log.read_raw(&case).await.unwrap();
+                    let v = casework_domain::verify(&case.tenant, &case.case_id, &raw, None);
+                    prop_assert!(v.is_intact(), "{:?}", v);
+                    Ok(())
+                })?;
+            }
+        }
     }
 }

@@ -427,7 +427,8 @@ async fn handle(
 ) -> Ack {
     let started = std::time::Instant::now();
     // The reconcile continues the trace of the event (or timer) that woke it.
-    let span = tracing::info_span!("reconcile", service, case = %case, delivered, woke = woke.len());
+    let span =
+        tracing::info_span!("reconcile", service, case = %case, delivered, woke = woke.len());
     casework_telemetry::set_remote_parent(&span, traceparent);
     let outcome = tracing::Instrument::instrument(reconciler.reconcile(case, woke), span).await;
     metrics::histogram!("casework_reconcile_seconds", "service" => service)
@@ -651,6 +652,11 @@ pub async fn run_timer_loop(
                 let _ = m.ack().await;
                 return Ok(None);
             };
+            if Timers::is_cancellation(m.headers.as_ref()) {
+                // A closed case's timer, removed: nothing to wake.
+                let _ = m.ack().await;
+                return Ok(None);
+            }
             metrics::counter!("casework_timers_fired_total", "service" => service, "kind" => fire.kind.clone())
                 .increment(1);
             let delivered = m.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);

@@ -16,6 +16,15 @@ use casework_caselog::CaseKey;
 use casework_caselog::domain::Writer;
 use chrono::{DateTime, SecondsFormat, Utc};
 
+/// The header that marks a timer's cancellation (a tombstone that replaces
+/// its schedule and its last fire, and expires): the timer loop
+/// acknowledges it without waking the case.
+pub const CANCELLED_HEADER: &str = "Casework-Timer";
+
+/// How long a cancellation tombstone stays before the broker removes it
+/// (the stream's per-message TTL; whole seconds).
+const TOMBSTONE_TTL: &str = "1s";
+
 /// Schedules timers for one writer.
 #[derive(Debug, Clone)]
 pub struct Timers {
@@ -92,6 +101,43 @@ impl Timers {
             anyhow::bail!("scheduling {kind} timer of {case}: {err}");
         }
         Ok(())
+    }
+
+    /// Removes the `kind` timer of `case` (its case is closed): a pending
+    /// schedule no longer fires, and the stream keeps nothing for it. Each of
+    /// the timer's two subjects (its schedule, its last fire) is rolled up
+    /// into a tombstone that expires a second later, so `TIMERS` holds
+    /// messages for open cases only. The tombstone on the fire subject is
+    /// delivered to the timer loop, which acknowledges it without waking the
+    /// case. Idempotent.
+    pub async fn cancel(&self, kind: &str, case: &CaseKey) -> anyhow::Result<()> {
+        let w = self.writer;
+        for part in ["sched", "fire"] {
+            let subject = format!("timer.{w}.{part}.{kind}.{}.{}", case.tenant, case.case_id);
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Rollup", "sub");
+            h.insert("Nats-TTL", TOMBSTONE_TTL);
+            h.insert(CANCELLED_HEADER, "cancelled");
+            let reply = self
+                .client
+                .request_with_headers(subject, h, bytes::Bytes::new())
+                .await
+                .map_err(|e| anyhow::anyhow!("cancelling {kind} timer of {case}: {e}"))?;
+            let v: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| {
+                anyhow::anyhow!("cancelling {kind} timer of {case}: unreadable reply ({e})")
+            })?;
+            if let Some(err) = v.get("error") {
+                anyhow::bail!("cancelling {kind} timer of {case}: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// True for a cancellation tombstone (see [`Timers::cancel`]).
+    pub fn is_cancellation(headers: Option<&HeaderMap>) -> bool {
+        headers
+            .and_then(|h| h.get(CANCELLED_HEADER))
+            .is_some_and(|v| v.as_str() == "cancelled")
     }
 
     /// Parses a fire subject of this writer.

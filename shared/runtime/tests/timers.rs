@@ -117,3 +117,73 @@ async fn a_timer_survives_a_server_restart() {
         .unwrap();
     assert_eq!(timers.parse_fire(&m.subject).unwrap().case, case);
 }
+
+/// A closed case's timer is removed: its pending schedule never fires, and
+/// once the tombstones expire `TIMERS` holds nothing for it, so the stream
+/// stays bounded by the open cases.
+#[tokio::test]
+async fn a_cancelled_timer_never_fires_and_leaves_nothing_behind() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let timers = Timers::new(client.clone(), Writer::Recovery);
+    let mut fired = fires(&client, &timers.fire_filter()).await;
+    let case: CaseKey = new_case("acme");
+    let other: CaseKey = new_case("acme");
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream("TIMERS").await.unwrap();
+
+    // A fired timer (its fire message stays) and a pending one.
+    timers.schedule("step", &case, Utc::now()).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), fired.next())
+        .await
+        .expect("a fire within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(!Timers::is_cancellation(m.headers.as_ref()));
+    m.ack().await.unwrap();
+    let at = Utc::now() + chrono::Duration::seconds(2);
+    timers.schedule("deadline", &case, at).await.unwrap();
+    timers.cancel("deadline", &case).await.unwrap();
+    timers.cancel("step", &case).await.unwrap();
+    timers.cancel("step", &case).await.unwrap();
+
+    // Another case's timer, due after the cancelled one would have fired:
+    // everything delivered before it is a tombstone, never a fire of `case`.
+    timers
+        .schedule("deadline", &other, at + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(15), fired.next())
+            .await
+            .expect("the other case's fire within 15 s")
+            .unwrap()
+            .unwrap();
+        let f = timers.parse_fire(&m.subject).expect("a fire subject");
+        m.ack().await.unwrap();
+        if f.case == other {
+            break;
+        }
+        assert!(
+            Timers::is_cancellation(m.headers.as_ref()),
+            "the cancelled timer of {case} fired: {}",
+            m.subject
+        );
+    }
+    // The tombstones expire: only the other case's fire remains.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let state = stream.info().await.unwrap().state.clone();
+        if state.messages == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TIMERS still holds {} messages for a closed case: {state:?}",
+            state.messages
+        );
+        tokio::task::yield_now().await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), std::future::pending::<()>()).await;
+    }
+}
