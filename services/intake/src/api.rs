@@ -14,7 +14,9 @@ use casework_domain::pb::envelope::Payload;
 use casework_domain::{CaseId, pb};
 use casework_proto::intake::v1 as api;
 use casework_runtime::held::{CaseCache, Held};
-use casework_runtime::reconcile::{Decision, Rounds, decide_and_append, lock_case};
+use casework_runtime::reconcile::{
+    Decision, Rounds, append_in_order, decide_and_append, lock_case,
+};
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
@@ -97,11 +99,7 @@ impl IntakeApi {
         // A new case id (no idempotency key) has no log yet: nothing to
         // read. A derived one may exist: the first append expects an empty
         // log, and a retry finds the case below.
-        match i
-            .log
-            .append_traced(&case, None, events, traceparent.as_deref())
-            .await
-        {
+        match append_in_order(&*i.log, &case, None, events, traceparent.as_deref()).await {
             Ok(a) if a.fresh() => {
                 metrics::counter!(
                     "casework_cases_opened_total",

@@ -23,7 +23,9 @@ pub const NOT_OPTIONS: &[&str] = &[
     "CASEWORK_CONFIG",
     "CASEWORK_NATS_SERVER",
     "CASEWORK_BENCH_SCALE",
+    "CASEWORK_BIN_DIR",
     "CASEWORK_LOG",
+    crate::reconcile::CRASH_BETWEEN_VAR,
 ];
 
 /// What is wrong with the options.

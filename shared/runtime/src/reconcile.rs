@@ -115,6 +115,67 @@ impl<E> Decided<E> {
     }
 }
 
+/// Fault injection for crash tests: when this variable names an event type,
+/// the process aborts (as abruptly as `kill -9`) right after an event of
+/// that type lands and before the next event of the same decision is
+/// appended — the one place where one-event-per-append can leave a prefix
+/// of a decision. Never set it in production.
+pub const CRASH_BETWEEN_VAR: &str = "CASEWORK_FAULT_CRASH_BETWEEN";
+
+/// Aborts the process if [`CRASH_BETWEEN_VAR`] names `event_type` (called
+/// between two events of one decision).
+pub fn crash_point(event_type: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var(CRASH_BETWEEN_VAR)
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    if at.as_deref() == Some(event_type) {
+        eprintln!("{CRASH_BETWEEN_VAR}={event_type}: aborting between two events of a decision");
+        std::process::abort();
+    }
+}
+
+/// Appends the events of one decision in order, each on the head the
+/// previous one produced (the log's [`CaseLog::append_traced`], with the
+/// crash point of fault tests between two events).
+pub async fn append_in_order(
+    log: &dyn CaseLog,
+    case: &CaseKey,
+    after: Option<&Head>,
+    events: Vec<NewEvent>,
+    traceparent: Option<&str>,
+) -> Result<Appended, LogError> {
+    let n = events.len();
+    let mut head = after.cloned();
+    let mut out: Option<Appended> = None;
+    for (i, event) in events.into_iter().enumerate() {
+        let event_type = event.event_type();
+        let a = log
+            .append_event(case, head.as_ref(), event, traceparent)
+            .await?;
+        head = Some(a.head.clone());
+        out = Some(match out {
+            None => a,
+            Some(acc) => merge(acc, a),
+        });
+        if i + 1 < n {
+            crash_point(event_type.as_str());
+        }
+    }
+    out.ok_or_else(|| LogError::Misuse(format!("an append to {case} needs at least one event")))
+}
+
+/// Two appends of one decision as one outcome.
+fn merge(mut acc: Appended, a: Appended) -> Appended {
+    acc.head = a.head;
+    acc.already &= a.already;
+    acc.own &= a.own;
+    acc.events.extend(a.events);
+    acc
+}
+
 /// Most decisions (and conflicts in a row) in one [`decide_and_append`].
 pub const MAX_ROUNDS: usize = 16;
 
@@ -181,7 +242,9 @@ where
         }
         let mut landed: Option<Appended> = None;
         let mut conflicted = false;
-        for event in decision.events {
+        let n = decision.events.len();
+        for (i, event) in decision.events.into_iter().enumerate() {
+            let event_type = event.event_type();
             match log
                 .append_event(case, held.head.as_ref(), event, traceparent.as_deref())
                 .await
@@ -190,14 +253,11 @@ where
                     held.extend(&a.events);
                     landed = Some(match landed {
                         None => a,
-                        Some(mut acc) => {
-                            acc.head = a.head;
-                            acc.already &= a.already;
-                            acc.own &= a.own;
-                            acc.events.extend(a.events);
-                            acc
-                        }
+                        Some(acc) => merge(acc, a),
                     });
+                    if i + 1 < n {
+                        crash_point(event_type.as_str());
+                    }
                 }
                 Err(e) if e.is_conflict() => {
                     metrics::counter!("casework_append_conflicts_total").increment(1);

@@ -144,6 +144,33 @@ impl ServiceProc {
         self.spawn();
     }
 
+    /// Sets (or, with `None`, removes) an environment variable for the
+    /// next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            Some(v) => self.env.insert(key.to_owned(), v.to_owned()),
+            None => self.env.remove(key),
+        };
+    }
+
+    /// Waits until the process has exited on its own (a crash), or panics
+    /// with its log; then it can be started again.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let what = format!("{} to exit", self.name);
+        let mut status = None;
+        casework_testkit::wait_until(timeout, Duration::from_millis(20), &what, || {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(s))) => {
+                    status = Some(s);
+                    Ok(())
+                }
+                _ => Err(format!("still running; log:\n{}", self.log())),
+            }
+        });
+        self.child = None;
+        status.expect("exited")
+    }
+
     /// Its log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
