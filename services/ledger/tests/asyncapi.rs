@@ -113,7 +113,7 @@ async fn real_messages_match_the_document() {
     let d = doc();
     let (_server, log) = server().await;
     // every event type, one decision each, plus realistic multi-event
-    // decisions (atomic batches carry batch headers)
+    // decisions (one message per event, each with its own guard)
     let case = new_case("acme");
     let mut head = None;
     for (i, t) in EventType::ALL.iter().enumerate() {
