@@ -1,23 +1,28 @@
 //! The gRPC API (`casework.recovery.v1.Recovery`): listings from the read
-//! models, a case's recoveries from its log, and a person's decision on a
-//! compensation, appended with the same decide-and-append discipline as
-//! the reconciler (the compensation's state is checked on the log the event
-//! is appended after).
+//! models, a case's recoveries from its held projection (brought up to
+//! date with one read of what follows its head), and a person's decision on
+//! a compensation, appended with the same decide-and-append loop, per-case
+//! lock and held state as the reconciler (the compensation's state is
+//! checked on the state the event is appended after); the ladder then
+//! continues at once, under the same lock.
 
 use std::sync::Arc;
 
-use casework_caselog::{CaseKey, CaseLog, StoredEvent};
+use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::timestamp;
 use casework_domain::pb::{self, envelope::Payload};
 use casework_domain::{CaseId, EventId, NewEvent, Tenant};
 use casework_proto::recovery::v1 as api;
-use casework_runtime::reconcile::{Decision, Parked, Reconciler, decide_and_append};
+use casework_runtime::reconcile::{
+    Decision, Parked, Reconciler, Rounds, decide_and_append, lock_case,
+};
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
+use crate::SERVICE;
 use crate::error::{Error, Result, to_status};
-use crate::projection::{CompState, Projection, Recovery};
+use crate::projection::{Comp, CompState, Projection, Recovery};
 use crate::reconciler::{RecoveryReconciler, service_of};
 use crate::views::{OpenRec, PendingRec, Views};
 
@@ -132,19 +137,6 @@ enum Verdict {
     Decline { reason: String },
 }
 
-/// Finds the recorded decision event on `comp_id` in `log`.
-fn recorded(log: &[StoredEvent], comp_id: &str) -> Option<(String, u64)> {
-    log.iter().find_map(|e| match &e.envelope.payload {
-        Some(Payload::CompensationApproved(a)) if a.compensation_id == comp_id => {
-            Some((e.envelope.event_id.clone(), e.envelope.sequence))
-        }
-        Some(Payload::CompensationDeclined(d)) if d.compensation_id == comp_id => {
-            Some((e.envelope.event_id.clone(), e.envelope.sequence))
-        }
-        _ => None,
-    })
-}
-
 impl RecoveryApi {
     fn page_size(&self, asked: u32) -> usize {
         let n = if asked == 0 {
@@ -181,90 +173,64 @@ impl RecoveryApi {
         }
         let mut refusal: Option<Error> = None;
         let mut repeat: Option<(String, u64)> = None;
-        let decided = decide_and_append(self.log.as_ref(), &case, |log| {
-            refusal = None;
-            repeat = None;
-            if log.is_empty() {
-                refusal = Some(Error::NotFound(format!("case {case} not found")));
-                return Ok(Decision::<()>::default());
-            }
-            let p = Projection::fold(log.iter().map(|e| &e.envelope));
-            let Some((_, comp)) = p.find_comp(comp_id) else {
-                refusal = Some(Error::NotFound(format!(
-                    "case {case} has no compensation {comp_id:?}; list them with ListPendingApprovals"
-                )));
-                return Ok(Decision::default());
-            };
-            let same = |by: &pb::Actor| by.id == actor.id;
-            match (&comp.state, &verdict) {
-                (CompState::Proposed, _) if !comp.requires_approval => {
-                    refusal = Some(Error::FailedPrecondition(format!(
-                        "compensation {comp_id} did not need approval: it is within the automatic limit and was granted"
+        // The same per-case lock and held state as the reconcile loops.
+        let _guard = lock_case(SERVICE, &case).await;
+        let decided = decide_and_append(
+            self.log.as_ref(),
+            self.reconciler.cache(),
+            &case,
+            &[],
+            Rounds::Once,
+            |p: &Projection, head| {
+                refusal = None;
+                repeat = None;
+                if head.is_none() {
+                    refusal = Some(Error::NotFound(format!("case {case} not found")));
+                    return Ok(Decision::<()>::default());
+                }
+                let Some((_, comp)) = p.find_comp(comp_id) else {
+                    refusal = Some(Error::NotFound(format!(
+                        "case {case} has no compensation {comp_id:?}; list them with ListPendingApprovals"
                     )));
                     return Ok(Decision::default());
-                }
-                (CompState::Proposed, _) => {}
-                (
-                    CompState::Approved(by) | CompState::Granted(Some(by)),
-                    Verdict::Approve { .. },
-                ) if same(by) => {
-                    repeat = recorded(log, comp_id);
+                };
+                if let Some(why) = refused(comp_id, comp, &actor, &verdict) {
+                    match why {
+                        Refusal::Repeat => repeat = comp.decided.clone(),
+                        Refusal::Refused(e) => refusal = Some(e),
+                    }
                     return Ok(Decision::default());
                 }
-                (CompState::Declined(by), Verdict::Decline { .. }) if same(by) => {
-                    repeat = recorded(log, comp_id);
-                    return Ok(Decision::default());
-                }
-                (CompState::Approved(by), _) => {
-                    refusal = Some(Error::FailedPrecondition(format!(
-                        "compensation {comp_id} was already approved by {} ({})",
-                        by.display_name, by.id
-                    )));
-                    return Ok(Decision::default());
-                }
-                (CompState::Declined(by), _) => {
-                    refusal = Some(Error::FailedPrecondition(format!(
-                        "compensation {comp_id} was already declined by {} ({})",
-                        by.display_name, by.id
-                    )));
-                    return Ok(Decision::default());
-                }
-                (CompState::Granted(_), _) => {
-                    refusal = Some(Error::FailedPrecondition(format!(
-                        "compensation {comp_id} was already granted"
-                    )));
-                    return Ok(Decision::default());
-                }
-            }
-            let (key, payload) = match &verdict {
-                Verdict::Approve { note } => (
-                    "compensation_approved",
-                    Payload::CompensationApproved(pb::CompensationApproved {
-                        compensation_id: comp_id.to_owned(),
-                        approved_by: Some(actor.clone()),
-                        note: note.clone(),
-                    }),
-                ),
-                Verdict::Decline { reason } => (
-                    "compensation_declined",
-                    Payload::CompensationDeclined(pb::CompensationDeclined {
-                        compensation_id: comp_id.to_owned(),
-                        declined_by: Some(actor.clone()),
-                        reason: reason.clone(),
-                    }),
-                ),
-            };
-            Ok(Decision {
-                events: vec![NewEvent {
-                    event_id: EventId::derive(&case.case_id, &comp.proposed_event_id, key),
-                    occurred_at: Utc::now(),
-                    causation_id: comp.proposed_event_id.clone(),
-                    correlation_id: p.correlation_id.clone(),
-                    payload,
-                }],
-                effects: Vec::new(),
-            })
-        })
+                let (key, payload) = match &verdict {
+                    Verdict::Approve { note } => (
+                        "compensation_approved",
+                        Payload::CompensationApproved(pb::CompensationApproved {
+                            compensation_id: comp_id.to_owned(),
+                            approved_by: Some(actor.clone()),
+                            note: note.clone(),
+                        }),
+                    ),
+                    Verdict::Decline { reason } => (
+                        "compensation_declined",
+                        Payload::CompensationDeclined(pb::CompensationDeclined {
+                            compensation_id: comp_id.to_owned(),
+                            declined_by: Some(actor.clone()),
+                            reason: reason.clone(),
+                        }),
+                    ),
+                };
+                Ok(Decision {
+                    events: vec![NewEvent {
+                        event_id: EventId::derive(&case.case_id, &comp.proposed_event_id, key),
+                        occurred_at: Utc::now(),
+                        causation_id: comp.proposed_event_id.clone(),
+                        correlation_id: p.correlation_id.clone(),
+                        payload,
+                    }],
+                    effects: Vec::new(),
+                })
+            },
+        )
         .await?;
         if let Some(e) = refusal {
             return Err(e);
@@ -276,23 +242,87 @@ impl RecoveryApi {
                 already: true,
             });
         }
-        let Some(a) = decided.appended else {
+        let Some(a) = decided.rounds.last().and_then(|r| r.appended.as_ref()) else {
             return Err(Error::Internal("no decision was recorded".into()));
         };
-        // Let the ladder continue now (the views feed of every replica also
-        // wakes the case, so a crash here loses nothing).
-        let reconciler = self.reconciler.clone();
-        tokio::spawn(async move {
-            if let Err(e) = reconciler.reconcile(&case).await {
-                tracing::warn!(case = %case, error = ?e, "continuing the ladder after a decision failed; the views feed will retry");
-            }
-        });
-        Ok(api::CompensationDecision {
-            event_id: a.head.event_id,
-            sequence: a.head.case_seq,
+        let stored = a
+            .events
+            .last()
+            .ok_or_else(|| Error::Internal("no decision was recorded".into()))?;
+        // The id is derived from the proposal and the verdict, not the
+        // person: another replica that recorded the same verdict by someone
+        // else at the same moment has the same id. Answer with what is
+        // stored.
+        if !a.own
+            && let Some(e) = someone_else(comp_id, &stored.envelope, &actor)
+        {
+            return Err(e);
+        }
+        let answer = api::CompensationDecision {
+            event_id: stored.envelope.event_id.clone(),
+            sequence: stored.envelope.sequence,
             already: a.already,
-        })
+        };
+        // Let the ladder continue now, still under the case's lock (the
+        // views feed of every replica also wakes the case, so a crash here
+        // loses nothing; a failure here does not undo the decision).
+        if let Err(e) = self.reconciler.reconcile(&case, &[]).await {
+            tracing::warn!(case = %case, error = ?e, "continuing the ladder after a decision failed; the views feed will retry");
+        }
+        Ok(answer)
     }
+}
+
+/// Why a person's decision is not appended.
+enum Refusal {
+    /// The same person already took the same decision: answer with it.
+    Repeat,
+    /// The compensation is not waiting for this decision.
+    Refused(Error),
+}
+
+/// Whether `verdict` by `actor` on `comp` is refused (or a repeat).
+fn refused(comp_id: &str, comp: &Comp, actor: &pb::Actor, verdict: &Verdict) -> Option<Refusal> {
+    let same = |by: &pb::Actor| by.id == actor.id;
+    let refuse = |m: String| Some(Refusal::Refused(Error::FailedPrecondition(m)));
+    match (&comp.state, verdict) {
+        (CompState::Proposed, _) if !comp.requires_approval => refuse(format!(
+            "compensation {comp_id} did not need approval: it is within the automatic limit and is granted automatically"
+        )),
+        (CompState::Proposed, _) => None,
+        (CompState::Approved(by) | CompState::Granted(Some(by)), Verdict::Approve { .. })
+            if same(by) =>
+        {
+            Some(Refusal::Repeat)
+        }
+        (CompState::Declined(by), Verdict::Decline { .. }) if same(by) => Some(Refusal::Repeat),
+        (CompState::Approved(by), _) => refuse(format!(
+            "compensation {comp_id} was already approved by {} ({})",
+            by.display_name, by.id
+        )),
+        (CompState::Declined(by), _) => refuse(format!(
+            "compensation {comp_id} was already declined by {} ({})",
+            by.display_name, by.id
+        )),
+        (CompState::Granted(_), _) => refuse(format!("compensation {comp_id} was already granted")),
+    }
+}
+
+/// The refusal when the stored decision `e` on `comp_id` was taken by
+/// someone other than `actor`.
+fn someone_else(comp_id: &str, e: &pb::Envelope, actor: &pb::Actor) -> Option<Error> {
+    let (what, by) = match &e.payload {
+        Some(Payload::CompensationApproved(a)) => ("approved", a.approved_by.as_ref()),
+        Some(Payload::CompensationDeclined(d)) => ("declined", d.declined_by.as_ref()),
+        _ => return None,
+    };
+    let by = by.cloned().unwrap_or_default();
+    (by.id != actor.id).then(|| {
+        Error::FailedPrecondition(format!(
+            "compensation {comp_id} was already {what} by {} ({})",
+            by.display_name, by.id
+        ))
+    })
 }
 
 #[tonic::async_trait]
@@ -373,17 +403,42 @@ impl api::recovery_server::Recovery for RecoveryApi {
     ) -> Result<Response<api::GetCaseRecoveriesResponse>, Status> {
         let r = request.into_inner();
         let case = case_key(&r.tenant, &r.case_id).map_err(to_status)?;
-        let log = self
-            .log
-            .read(&case, 0)
+        // The held projection, brought up to date (one read of what follows
+        // its head), under the case's lock.
+        let _guard = lock_case(SERVICE, &case).await;
+        let cache = self.reconciler.cache();
+        let held = cache
+            .load_latest(self.log.as_ref(), &case)
             .await
             .map_err(|e| to_status(e.into()))?;
-        if log.is_empty() {
+        if held.head.is_none() {
             return Err(to_status(Error::NotFound(format!("case {case} not found"))));
         }
-        let p = Projection::fold(log.iter().map(|e| &e.envelope));
-        let queued = match service_of(&self.catalogs, &p) {
-            Ok(service) => crate::decide::queued(&p, service).count() as u32,
+        let response = self.recoveries_of(&held.state);
+        cache.put(&case, held);
+        Ok(Response::new(response))
+    }
+
+    async fn list_parked_cases(
+        &self,
+        _request: Request<api::ListParkedCasesRequest>,
+    ) -> Result<Response<api::ListParkedCasesResponse>, Status> {
+        let cases = self
+            .parked
+            .list()
+            .await
+            .into_iter()
+            .map(|(case, record)| api::ParkedCase { case, record })
+            .collect();
+        Ok(Response::new(api::ListParkedCasesResponse { cases }))
+    }
+}
+
+impl RecoveryApi {
+    /// The view of a case's recoveries.
+    fn recoveries_of(&self, p: &Projection) -> api::GetCaseRecoveriesResponse {
+        let queued = match service_of(&self.catalogs, p) {
+            Ok(service) => crate::decide::queued(p, service).count() as u32,
             Err(_) => 0,
         };
         let recoveries = p
@@ -428,26 +483,12 @@ impl api::recovery_server::Recovery for RecoveryApi {
                 outcome: r.outcome.map_or(0, |o| o as i32),
             })
             .collect();
-        Ok(Response::new(api::GetCaseRecoveriesResponse {
+        api::GetCaseRecoveriesResponse {
             recoveries,
             promise_broken: p.broken.is_some(),
             promise_kept: p.kept,
             kept_late: p.kept_late,
             queued_triggers: queued,
-        }))
-    }
-
-    async fn list_parked_cases(
-        &self,
-        _request: Request<api::ListParkedCasesRequest>,
-    ) -> Result<Response<api::ListParkedCasesResponse>, Status> {
-        let cases = self
-            .parked
-            .list()
-            .await
-            .into_iter()
-            .map(|(case, record)| api::ParkedCase { case, record })
-            .collect();
-        Ok(Response::new(api::ListParkedCasesResponse { cases }))
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! a `promise_broken` and the case is not withdrawn, recovery keeps one
 //! durable `deadline` timer at the promise's deadline (effect
 //! [`Effect::ScheduleDeadline`], re-derived on every decision). At or after
-//! the deadline, the decision is `promise_broken` alone (its own atomic
+//! the deadline, the decision is `promise_broken` alone (its own
 //! append); the recovery it triggers follows in the next decision.
 //!
 //! **Kept-versus-broken race (the one rule).** The per-case optimistic
@@ -62,6 +62,21 @@
 //! index in the key; compensations are `r<recovery>-c<rung>`), so a rung is
 //! never taken twice and a skipped rung stays skipped (every skip condition
 //! only ever becomes more true).
+//!
+//! **Every prefix continues** (DESIGN.md §3, one event per append). A
+//! decision of several events is appended one event at a time, so a crash
+//! can leave any prefix of it in the log. Deciding again on that prefix
+//! gives exactly the rest of the decision — the same ids (derived from the
+//! recovery's cause and the rung), the same payloads: an open recovery
+//! keeps the number, trigger and reason its `recovery_started` recorded; a
+//! taken rung is recognised by its id; an automatic compensation proposed
+//! without its grant (the two are one decision) is granted, with the reason
+//! and budget accounting that decision had; and the outcome is counted over
+//! the whole recovery. One input is outside the log: the daily
+//! [`Budget`] comes from a view that catches up with this recovery's own
+//! grants within milliseconds; given a view that has, the rest is
+//! identical (`decide_tests` checks every prefix of every multi-event
+//! decision).
 //!
 //! **Outcome** (`recovery_completed`): RECOVERED if a retry ended in
 //! `promise_kept`; otherwise ESCALATED if the recovery escalated the case;
@@ -425,9 +440,22 @@ pub fn decide(
                         });
                     }
                     Some(comp) => match &comp.state {
+                        CompState::Proposed if !comp.requires_approval => {
+                            // Proposed within the limit and the budget, and
+                            // its grant (the next event of the same
+                            // decision) has not landed: a crash between the
+                            // two. Grant it now, exactly as that decision
+                            // would have.
+                            grant(&mut w, format!("{reason}; within the automatic limit"));
+                            granted += 1;
+                            granted_now += c.amount_minor;
+                            effects.push(Effect::Granted {
+                                currency: c.currency.as_str().to_owned(),
+                                amount_minor: c.amount_minor,
+                            });
+                        }
                         CompState::Proposed => {
-                            // Waiting for a person (an automatic grant is
-                            // always in the same decision as its proposal).
+                            // Waiting for a person.
                             return Ok(Decision {
                                 events: w.events,
                                 effects,
@@ -439,6 +467,7 @@ pub fn decide(
                                 format!("{reason}; approved by {} ({})", by.display_name, by.id),
                             );
                             granted += 1;
+                            granted_now += c.amount_minor;
                             effects.push(Effect::Granted {
                                 currency: c.currency.as_str().to_owned(),
                                 amount_minor: c.amount_minor,

@@ -3,7 +3,7 @@
 use casework_catalog::{Compensation, CompensationKind, Currency, RecoveryAction, ServiceDef};
 use casework_domain::chain::timestamp;
 use casework_domain::pb::{self, Envelope, envelope::Payload};
-use casework_domain::{CaseId, EventId, EventType};
+use casework_domain::{CaseId, EventId, EventType, NewEvent};
 use chrono::{DateTime, Duration, Utc};
 
 use super::*;
@@ -26,6 +26,8 @@ struct Case {
     id: CaseId,
     log: Vec<Envelope>,
     service: ServiceDef,
+    /// Prefixes of decisions checked by [`Case::run`].
+    checked: usize,
 }
 
 impl Case {
@@ -34,6 +36,7 @@ impl Case {
             id: CaseId::from_ulid(ulid::Ulid::from_parts(1_790_000_000_000, 7)),
             log: Vec::new(),
             service: service(service_code),
+            checked: 0,
         };
         c.push(
             t0(),
@@ -88,8 +91,26 @@ impl Case {
         .unwrap()
     }
 
+    /// Appends an event recovery decided.
+    fn append(&mut self, e: NewEvent) {
+        let n = self.log.len() as u64 + 1;
+        self.log.push(Envelope {
+            event_id: e.event_id.to_string(),
+            tenant: "acme".into(),
+            case_id: self.id.to_string(),
+            sequence: n,
+            event_type: e.event_type().to_string(),
+            occurred_at: Some(timestamp(e.occurred_at)),
+            causation_id: e.causation_id,
+            correlation_id: e.correlation_id,
+            payload: Some(e.payload),
+            ..Default::default()
+        });
+    }
+
     /// Decides and appends until nothing is left to do; the event types
-    /// appended, in order.
+    /// appended, in order. Every multi-event decision is also checked to
+    /// continue from each of its prefixes ([`Case::check_prefixes`]).
     fn run(&mut self, now: DateTime<Utc>, spent: u64) -> Vec<&'static str> {
         let mut out = Vec::new();
         for _ in 0..10 {
@@ -97,24 +118,58 @@ impl Case {
             if d.events.is_empty() {
                 return out;
             }
+            self.checked += self.check_prefixes(&d.events, now, spent);
             for e in d.events {
-                let n = self.log.len() as u64 + 1;
                 out.push(e.event_type().as_str());
-                self.log.push(Envelope {
-                    event_id: e.event_id.to_string(),
-                    tenant: "acme".into(),
-                    case_id: self.id.to_string(),
-                    sequence: n,
-                    event_type: e.event_type().to_string(),
-                    occurred_at: Some(timestamp(e.occurred_at)),
-                    causation_id: e.causation_id,
-                    correlation_id: e.correlation_id,
-                    payload: Some(e.payload),
-                    ..Default::default()
-                });
+                self.append(e);
             }
         }
         panic!("decisions did not settle")
+    }
+
+    /// One event per append: a crash may leave any prefix of `events` (a
+    /// decision taken on this case at `now` with `spent` granted today) in
+    /// the log. For every prefix, deciding again (a moment later, with a
+    /// budget view that has caught up with the prefix's grants) gives
+    /// exactly the rest: the same ids, causes and payloads. Returns how
+    /// many prefixes were checked.
+    fn check_prefixes(&self, events: &[NewEvent], now: DateTime<Utc>, spent: u64) -> usize {
+        let same = |e: &NewEvent| {
+            (
+                e.event_id.to_string(),
+                e.causation_id.clone(),
+                e.correlation_id.clone(),
+                e.payload.clone(),
+            )
+        };
+        for k in 1..events.len() {
+            let mut healed = Case {
+                id: self.id.clone(),
+                log: self.log.clone(),
+                service: self.service.clone(),
+                checked: 0,
+            };
+            let mut caught_up = spent;
+            for e in &events[..k] {
+                if let Payload::CompensationGranted(g) = &e.payload {
+                    caught_up += u64::try_from(g.amount.as_ref().unwrap().amount_minor).unwrap();
+                }
+                healed.append(e.clone());
+            }
+            let rest = healed.decide(now + Duration::seconds(1), caught_up).events;
+            let want: Vec<_> = events[k..].iter().map(same).collect();
+            let got: Vec<_> = rest.iter().map(same).collect();
+            assert_eq!(
+                got,
+                want,
+                "after {k} of {:?}",
+                events
+                    .iter()
+                    .map(|e| e.event_type().as_str())
+                    .collect::<Vec<_>>()
+            );
+        }
+        events.len().saturating_sub(1)
     }
 
     fn last<T>(&self, f: impl Fn(&Payload) -> Option<T>) -> Option<T> {
@@ -656,4 +711,89 @@ fn race_rule_exactly_one_of_kept_on_time_or_broken() {
             }
         }
     }
+}
+
+#[test]
+fn every_prefix_of_a_decision_continues_with_the_same_events() {
+    // `run` checks every prefix of every multi-event decision it takes;
+    // here the scenarios with the longest decisions, counted.
+    let mut checked = 0;
+    // A broken promise's ladder: apology, automatic voucher, escalation.
+    let mut c = Case::new("refund");
+    assert_eq!(
+        c.run(deadline(), 0),
+        [
+            BROKEN, STARTED, APOLOGY, PROPOSED, GRANTED, ESCALATED, COMPLETED
+        ]
+    );
+    checked += c.checked;
+    // Negative feedback on a kept promise.
+    let mut c = Case::new("product_enquiry");
+    c.kept(t0(), false);
+    c.feedback(t0(), 1);
+    assert_eq!(
+        c.run(t0(), 0),
+        [STARTED, APOLOGY, PROPOSED, GRANTED, COMPLETED]
+    );
+    checked += c.checked;
+    // A person's approval, then the rest of the ladder and a queued
+    // trigger's recovery.
+    let mut c = Case::new("installation_appointment");
+    c.run(deadline(), 0);
+    c.feedback(deadline(), 1);
+    c.decide_comp("r1-c2", true);
+    assert_eq!(
+        c.run(deadline(), 0),
+        [GRANTED, COMPLETED, STARTED, APOLOGY, ESCALATED, COMPLETED]
+    );
+    checked += c.checked;
+    // Retries exhausted: the rest of the ladder after a failed retry.
+    let mut c = Case::new("order_change");
+    for _ in 0..3 {
+        c.failed(t0());
+        c.run(t0(), 0);
+    }
+    c.failed(t0());
+    assert_eq!(c.run(t0(), 0), [STARTED, APOLOGY, ESCALATED, COMPLETED]);
+    checked += c.checked;
+    // Two automatic compensations in one decision, the second sent to a
+    // person by the budget the first one used: the healed decision counts
+    // the first grant exactly as the whole decision did.
+    let small = |amount_minor| {
+        RecoveryAction::Compensation(Compensation {
+            kind: CompensationKind::Voucher,
+            amount_minor,
+            currency: Currency::parse("EUR").unwrap(),
+        })
+    };
+    for spent in [0, 97_000, 98_000, 99_000] {
+        let mut c = Case::new("refund");
+        c.service.recovery.on_step_failed = vec![
+            small(1000),
+            small(2000),
+            RecoveryAction::Apology { channel: None },
+        ];
+        c.failed(t0());
+        let types = c.run(t0(), spent);
+        assert_eq!(types[..3], [STARTED, PROPOSED, GRANTED], "spent {spent}");
+        assert_eq!(types.contains(&COMPLETED), spent <= 97_000, "spent {spent}");
+        checked += c.checked;
+    }
+    // A person's approval granted in a decision counts towards the budget
+    // of the next compensation of the same decision (the view has not seen
+    // it yet), as it does once healed.
+    let mut c = Case::new("refund");
+    c.service.recovery.on_step_failed = vec![small(9_999), small(2000)];
+    c.failed(t0());
+    assert_eq!(c.run(t0(), 89_000), [STARTED, PROPOSED]);
+    c.decide_comp("r1-c1", true);
+    assert_eq!(c.run(t0(), 89_000), [GRANTED, PROPOSED]);
+    assert!(
+        c.projection().recoveries[0]
+            .comp("r1-c2")
+            .unwrap()
+            .requires_approval
+    );
+    checked += c.checked;
+    assert!(checked >= 30, "{checked} prefixes checked");
 }

@@ -11,10 +11,12 @@
 //! queuing of triggers, the outcome rule) are written in [`decide`].
 //!
 //! Layout:
-//! - `projection` — recovery's pure fold of a case's events;
+//! - `projection` — recovery's pure fold of a case's events, also its held
+//!   state (`Fold`);
 //! - `decide` — the pure rules: `decide(projection, now, service, budget)`;
-//! - `reconciler` — load → decide → append → effects (deadline timers,
-//!   metrics), woken by the case consumers, the timer loop and the views feed;
+//! - `reconciler` — held state → decide → append (one event per append) →
+//!   effects (deadline timers, metrics), woken by the case consumers, the
+//!   timer loop and the views feed;
 //! - `views` + `tables` — redb read models (daily budget, open recoveries,
 //!   pending approvals) fed by a tail of recovery's own events;
 //! - `api` — the gRPC service `casework.recovery.v1.Recovery`;
@@ -29,10 +31,21 @@
 //! `recovery-timers` (deadline fires); and the views feed for a person's
 //! decision on a compensation (plus a sweep of open recoveries at start).
 //!
+//! State is held, not re-read (DESIGN.md §2): each active case's
+//! projection and head stay in one bounded cache (`cache_cases`) shared by
+//! the loops, the views-feed wake-ups and the API, all of which work on a
+//! case under the runtime's per-case lock (`lock_case("recovery", …)`). A
+//! delivered event that continues the held head is folded without a read;
+//! a timer fire or an API call reads only what follows the head (a timer
+//! fire on a closed case with no open recovery reads nothing); a miss reads
+//! the case whole once. Deadline timers stay scheduled after a case closes
+//! (the runtime's timers cannot be cancelled yet); such a fire costs no read.
+//!
 //! Metrics: `casework_promises_broken_total`,
 //! `casework_recoveries_total{trigger,outcome}`,
 //! `casework_compensation_granted_minor_total{currency}`, plus the
-//! runtime's reconcile and timer metrics.
+//! runtime's reconcile, timer and case-cache metrics
+//! (`casework_cases_held`, `casework_case_cache_total{outcome}`).
 
 pub mod api;
 pub mod decide;
@@ -46,8 +59,11 @@ use std::sync::Arc;
 
 use casework_caselog::{CaseLog, domain::Writer};
 use casework_proto::recovery::v1::recovery_server::RecoveryServer;
+use casework_runtime::held::CaseCache;
 use casework_runtime::http::Readiness;
-use casework_runtime::reconcile::{LoopConfig, Parked, Reconciler, run_case_loop, run_timer_loop};
+use casework_runtime::reconcile::{
+    LoopConfig, Parked, Reconciler, lock_case, run_case_loop, run_timer_loop,
+};
 use casework_runtime::timers::Timers;
 pub use casework_runtime::{Options, Running, Shutdown, Validate};
 use serde::{Deserialize, Serialize};
@@ -67,6 +83,11 @@ pub struct RecoverySettings {
     pub default_page_size: u32,
     /// Largest page a listing returns.
     pub max_page_size: u32,
+    /// Cases whose folded projection this replica holds in memory, shared
+    /// by the reconcile loops and the API (least recently used evicted
+    /// first; an evicted case is read whole once when next needed). About
+    /// 2 KiB per case.
+    pub cache_cases: usize,
 }
 
 impl Default for RecoverySettings {
@@ -76,6 +97,7 @@ impl Default for RecoverySettings {
             timer_concurrency: 64,
             default_page_size: 100,
             max_page_size: 1000,
+            cache_cases: 10_000,
         }
     }
 }
@@ -93,6 +115,12 @@ impl Validate for RecoverySettings {
             p.push(format!(
                 "timer_concurrency: {} must be between 1 and 4096",
                 self.timer_concurrency
+            ));
+        }
+        if self.cache_cases == 0 || self.cache_cases > 10_000_000 {
+            p.push(format!(
+                "cache_cases: {} must be between 1 and 10000000",
+                self.cache_cases
             ));
         }
         if self.max_page_size == 0 {
@@ -116,7 +144,9 @@ pub fn default_options() -> ServiceOptions {
     Options::defaults("recovery", 50053, 8083)
 }
 
-const SERVICE: &str = "recovery";
+/// The service's name in logs, metrics and the runtime's per-case locks
+/// (every path that decides on a case takes `lock_case(SERVICE, case)`).
+pub const SERVICE: &str = "recovery";
 
 /// The durable consumer that wakes recovery on a case's changes.
 pub const TRIGGERS_CONSUMER: &str = "recovery-triggers";
@@ -153,11 +183,13 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     };
     let parked = Parked::new(db.clone(), SERVICE);
     let timers = Timers::new(client.clone(), Writer::Recovery);
+    let cache = Arc::new(CaseCache::new(SERVICE, options.service.cache_cases));
     let reconciler = Arc::new(reconciler::RecoveryReconciler::new(
         log.clone(),
         catalogs.clone(),
         timers.clone(),
         views.clone(),
+        cache,
     ));
 
     let readiness = Readiness::default();
@@ -209,7 +241,9 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
                         _ = stop.cancelled() => return Ok(()),
                         c = wake_rx.recv() => match c { Some(c) => c, None => return Ok(()) },
                     };
-                    if let Err(e) = reconciler.reconcile(&case).await {
+                    // The same per-case lock as the loops and the API.
+                    let _guard = lock_case(SERVICE, &case).await;
+                    if let Err(e) = reconciler.reconcile(&case, &[]).await {
                         tracing::warn!(case = %case, error = ?e, "wake-up reconcile failed; the case's next change retries it");
                     }
                 }

@@ -4,11 +4,22 @@
 //! compensations and retries, and whether the case is withdrawn or closed.
 //! No I/O, no clock: [`Projection::fold`] is total (an unexpected event is
 //! counted and otherwise ignored, because the log is the truth).
+//!
+//! It is also recovery's held state ([`Fold`]): the reconciler and the API
+//! keep each active case's projection in one [`casework_runtime::held::CaseCache`]
+//! and fold only the events after its head. A case is *final*
+//! ([`Fold::is_final`]) once it is closed with no recovery open: then a
+//! wake-up that brings no event (a timer fire) decides on the held state
+//! without reading the log — whatever could still change a decision
+//! (feedback, a kept promise) arrives as a delivered event, and an append on
+//! a stale state conflicts and reloads.
 
 use std::collections::HashSet;
 
+use casework_caselog::{CaseKey, StoredEvent};
 use casework_domain::chain::from_timestamp;
 use casework_domain::pb::{self, Envelope, envelope::Payload};
+use casework_runtime::held::Fold;
 use chrono::{DateTime, Utc};
 
 /// The promise made on the case.
@@ -20,6 +31,9 @@ pub struct PromiseInfo {
     pub service_code: String,
     /// Catalogue version the case is pinned to.
     pub catalog_version: String,
+    /// Hex SHA-256 of that catalogue file (empty when the promise did not
+    /// record one).
+    pub catalog_digest: String,
     /// When it is due (computed by intake on the service's calendar).
     pub deadline: DateTime<Utc>,
 }
@@ -104,6 +118,10 @@ pub struct Comp {
     pub reason: String,
     /// Where it stands.
     pub state: CompState,
+    /// The person's decision on it, once recorded: the event id and
+    /// per-case sequence of its `compensation_approved` or
+    /// `compensation_declined` (what a repeated API call answers with).
+    pub decided: Option<(String, u64)>,
 }
 
 /// How the fulfilment run a retry asked for ended.
@@ -287,6 +305,7 @@ impl Projection {
                     event_id: id,
                     service_code: p.service_code.clone(),
                     catalog_version: p.catalog_version.clone(),
+                    catalog_digest: p.catalog_digest.clone(),
                     deadline: p.deadline.as_ref().map(from_timestamp).unwrap_or_default(),
                 });
             }
@@ -364,6 +383,7 @@ impl Projection {
                         proposed_at: at,
                         reason: c.reason.clone(),
                         state: CompState::Proposed,
+                        decided: None,
                     });
                     r.note(e);
                 }
@@ -371,12 +391,14 @@ impl Projection {
             Payload::CompensationApproved(c) => {
                 if let Some(comp) = self.comp_mut(&c.compensation_id) {
                     comp.state = CompState::Approved(c.approved_by.clone().unwrap_or_default());
+                    comp.decided = Some((id, e.sequence));
                 }
                 self.note_comp(&c.compensation_id, e);
             }
             Payload::CompensationDeclined(c) => {
                 if let Some(comp) = self.comp_mut(&c.compensation_id) {
                     comp.state = CompState::Declined(c.declined_by.clone().unwrap_or_default());
+                    comp.decided = Some((id, e.sequence));
                 }
                 self.note_comp(&c.compensation_id, e);
             }
@@ -429,6 +451,28 @@ impl Projection {
         {
             r.note(e);
         }
+    }
+}
+
+impl Fold for Projection {
+    fn empty(case: &CaseKey) -> Self {
+        Self {
+            tenant: case.tenant.to_string(),
+            case_id: case.case_id.to_string(),
+            ..Self::default()
+        }
+    }
+
+    fn apply(&mut self, event: &StoredEvent) {
+        Projection::apply(self, &event.envelope);
+    }
+
+    /// Closed with no recovery open: nothing recovery decides can change
+    /// without a new event (an open recovery can still be moved on by a
+    /// person's decision taken on another replica, which wakes this one
+    /// without an event, so it is not final).
+    fn is_final(&self) -> bool {
+        self.closed && self.open_recovery().is_none()
     }
 }
 

@@ -1,19 +1,34 @@
-//! The thin shell around [`crate::decide`]: load the case, fold the
-//! projection, decide, append with optimistic concurrency, then perform the
-//! effects (the deadline timer, metrics). Repeats until a decision appends
-//! nothing, because one wake-up may take several decisions (`promise_broken`
-//! first, then the recovery it triggers, then a queued trigger's recovery).
-//! The case is read once per wake-up (and again only after a conflict): each
-//! append of ours advances the projection and head locally.
+//! The thin shell around [`crate::decide`], on the runtime's one
+//! decide-and-append loop ([`decide_and_append`]): bring the case's held
+//! [`Projection`] up to date, decide, append the events one by one with
+//! optimistic concurrency, then perform the effects (the deadline timer,
+//! metrics). Repeats until a decision appends nothing, because one wake-up
+//! may take several decisions (`promise_broken` first, then the recovery it
+//! triggers, then a queued trigger's recovery). The projection is held
+//! between wake-ups in a [`CaseCache`] shared with the API: a wake-up whose
+//! delivered event continues the held head costs no read, a timer fire
+//! reads only what follows the head (nothing at all on a final case), and
+//! each append of ours folds its stored copy.
+//!
+//! Effects are performed per decision: the deadline timer once per wake-up,
+//! the metrics of a decision only when its events were stored now (not by
+//! an earlier attempt) and are byte for byte ours (a racing replica that
+//! decided the same counts its own).
+//!
+//! Timers are not removed when a case closes: the runtime's timers have no
+//! cancel. A closed case's deadline fire is cheap instead — its projection
+//! is final ([`casework_runtime::held::Fold::is_final`]), so the fire
+//! decides on the held state without reading the log.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use casework_caselog::{CaseKey, CaseLog, Head, StoredEvent};
+use casework_caselog::{CaseKey, CaseLog, StoredEvent};
 use casework_catalog::{Catalogs, ServiceDef};
-use casework_domain::NewEvent;
-use casework_domain::pb::Envelope;
-use casework_runtime::reconcile::{Decision, Failure, Reconciler};
+use casework_runtime::held::CaseCache;
+use casework_runtime::reconcile::{
+    Decision, Failure, MAX_ROUNDS, Reconciler, Rounds, decide_and_append,
+};
 use casework_runtime::timers::Timers;
 use chrono::{DateTime, SubsecRound, Utc};
 
@@ -24,13 +39,9 @@ use crate::views::Views;
 /// The timer kind of a promise's deadline.
 pub const DEADLINE_TIMER: &str = "deadline";
 
-/// Most decisions one wake-up appends before it yields.
-const MAX_DECISIONS: usize = 16;
-
-/// Most conflicts in a row before a wake-up counts as transient.
-const MAX_CONFLICTS: usize = 8;
-
-/// The catalogue service a case is pinned to.
+/// The catalogue service a case is pinned to: the version its promise
+/// names, and (when the promise recorded one) the very file, by digest, as
+/// fulfilment checks it. Anything else is a reason to park the case.
 pub fn service_of<'a>(catalogs: &'a Catalogs, p: &Projection) -> Result<&'a ServiceDef, String> {
     let Some(promise) = &p.promise else {
         return Err("the case has no promise".to_owned());
@@ -41,6 +52,15 @@ pub fn service_of<'a>(catalogs: &'a Catalogs, p: &Projection) -> Result<&'a Serv
             promise.catalog_version
         )
     })?;
+    if !promise.catalog_digest.is_empty() && catalog.digest() != promise.catalog_digest {
+        return Err(format!(
+            "the case is pinned to catalogue {} with digest {}, but the loaded file {} has digest {}; deploy the exact file the promise was made with",
+            promise.catalog_version,
+            promise.catalog_digest,
+            catalog.origin(),
+            catalog.digest()
+        ));
+    }
     catalog.service(&promise.service_code).ok_or_else(|| {
         format!(
             "catalogue version {} has no service {:?}",
@@ -56,22 +76,31 @@ pub struct RecoveryReconciler {
     catalogs: Arc<Catalogs>,
     timers: Timers,
     views: Views,
+    cache: Arc<CaseCache<Projection>>,
 }
 
 impl RecoveryReconciler {
-    /// A reconciler appending to `log`.
+    /// A reconciler appending to `log`, holding case state in `cache`
+    /// (shared with the API, so both decide on the same held state).
     pub fn new(
         log: Arc<dyn CaseLog>,
         catalogs: Arc<Catalogs>,
         timers: Timers,
         views: Views,
+        cache: Arc<CaseCache<Projection>>,
     ) -> Self {
         Self {
             log,
             catalogs,
             timers,
             views,
+            cache,
         }
+    }
+
+    /// The held case state.
+    pub fn cache(&self) -> &Arc<CaseCache<Projection>> {
+        &self.cache
     }
 
     fn decide_on(&self, p: &Projection, now: DateTime<Utc>) -> Result<Decision<Effect>, String> {
@@ -101,45 +130,7 @@ pub fn timer_instant(at: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
-/// What one wake-up knows of the case: its projection and the head it ends
-/// at. After an append of ours it is advanced locally (the appended events
-/// folded onto it, the head the append returned), so the next decision of
-/// the same wake-up costs no read; any other writer's append in between
-/// makes that next append conflict, and the case is read again.
-struct Known {
-    p: Projection,
-    head: Option<Head>,
-}
-
-/// The envelope `e` has in the log once appended as the `i`-th event after
-/// `head` — the fields the projection folds (the chain fields are the
-/// log's business and are not needed here).
-fn envelope_of(case: &CaseKey, head: Option<&Head>, i: usize, e: &NewEvent) -> Envelope {
-    let event_type = e.event_type();
-    Envelope {
-        event_id: e.event_id.to_string(),
-        tenant: case.tenant.to_string(),
-        case_id: case.case_id.to_string(),
-        sequence: head.map_or(0, |h| h.case_seq) + 1 + i as u64,
-        event_type: event_type.to_string(),
-        writer: event_type.writer().to_string(),
-        occurred_at: Some(casework_domain::chain::timestamp(e.occurred_at)),
-        causation_id: e.causation_id.clone(),
-        correlation_id: e.correlation_id.clone(),
-        payload: Some(e.payload.clone()),
-        ..Default::default()
-    }
-}
-
 impl RecoveryReconciler {
-    async fn load(&self, case: &CaseKey) -> Result<Known, Failure> {
-        let events = self.log.read(case, 0).await?;
-        Ok(Known {
-            p: Projection::fold(events.iter().map(|e| &e.envelope)),
-            head: events.last().map(StoredEvent::head),
-        })
-    }
-
     /// Performs a committed decision's effects (`fresh`: its events were
     /// appended now, not by an earlier attempt, so they are counted).
     async fn perform(
@@ -181,84 +172,97 @@ impl RecoveryReconciler {
 
 #[async_trait]
 impl Reconciler for RecoveryReconciler {
-    /// Decides and appends until a decision appends nothing. The case is
-    /// read once; each of our appends advances the known state locally, and
-    /// a conflict (someone else wrote first) reads it again. On a deadline
-    /// fire this is one read, the single-event append of `promise_broken`
-    /// (decided alone, so it lands as soon as possible and the race with
+    /// Decides and appends until a decision appends nothing
+    /// ([`Rounds::UntilIdle`]), on the case's held projection: the events
+    /// that woke it are folded (no read when they continue the held head),
+    /// each append of ours folds its stored copy, and a conflict (someone
+    /// else wrote first) reads only what follows the head. On a deadline
+    /// fire this is the single-event append of `promise_broken` (decided
+    /// alone, so it lands as soon as possible and the race with
     /// `promise_kept` is decided by one small append), then the recovery it
-    /// triggers as the next decision. The caller acknowledges the wake-up
-    /// only after this returns `Ok`, so a crash (or an error) between the
-    /// two appends leaves the wake-up unacknowledged: it is delivered again
-    /// and the next reconcile, deciding from the log, takes the recovery
-    /// from where it stopped (`promise_broken` is not appended twice: the
-    /// log has it).
-    async fn reconcile(&self, case: &CaseKey) -> Result<(), Failure> {
+    /// triggers as the next decisions, each of its events appended on the
+    /// head the previous one produced. The caller acknowledges the wake-up
+    /// only after this returns `Ok`, so a crash (or an error) between two
+    /// appends leaves the wake-up unacknowledged: it is delivered again and
+    /// the next reconcile, deciding on what landed, appends the rest with
+    /// the same ids (`promise_broken` is not appended twice: the log has
+    /// it). The caller holds the case's lock
+    /// ([`casework_runtime::reconcile::lock_case`] with `"recovery"`).
+    async fn reconcile(&self, case: &CaseKey, woke: &[StoredEvent]) -> Result<(), Failure> {
+        let decided = decide_and_append(
+            self.log.as_ref(),
+            &self.cache,
+            case,
+            woke,
+            Rounds::UntilIdle,
+            |p: &Projection, _| self.decide_on(p, Utc::now()),
+        )
+        .await?;
+        let unfinished = decided.unfinished;
         let mut scheduled = false;
-        let mut known: Option<Known> = None;
-        let mut conflicts = 0;
-        let mut decisions = 0;
-        while decisions < MAX_DECISIONS {
-            let k = match known.take() {
-                Some(k) => k,
-                None => self.load(case).await?,
-            };
-            let decision = self.decide_on(&k.p, Utc::now()).map_err(Failure::Park)?;
-            if decision.events.is_empty() {
-                self.perform(case, &decision.effects, false, &mut scheduled)
-                    .await?;
-                return Ok(());
-            }
-            let ours: Vec<Envelope> = decision
-                .events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| envelope_of(case, k.head.as_ref(), i, e))
-                .collect();
-            let traceparent = casework_telemetry::current_traceparent();
-            match self
-                .log
-                .append_traced(
-                    case,
-                    k.head.as_ref(),
-                    decision.events,
-                    traceparent.as_deref(),
-                )
-                .await
-            {
-                Ok(a) => {
-                    decisions += 1;
-                    conflicts = 0;
-                    self.perform(case, &decision.effects, !a.already, &mut scheduled)
-                        .await?;
-                    if !a.already {
-                        let mut p = k.p;
-                        for e in &ours {
-                            p.apply(e);
-                        }
-                        known = Some(Known {
-                            p,
-                            head: Some(a.head),
-                        });
-                    }
-                    // An earlier attempt's events landed (`already`): the
-                    // log's copies are the truth; read them.
-                }
-                Err(e) if e.is_conflict() => {
-                    metrics::counter!("casework_append_conflicts_total").increment(1);
-                    conflicts += 1;
-                    if conflicts >= MAX_CONFLICTS {
-                        return Err(Failure::Retry(format!(
-                            "case {case} kept changing under {MAX_CONFLICTS} decisions in a row"
-                        )));
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
+        for round in &decided.rounds {
+            let fresh = round.appended.as_ref().is_some_and(|a| a.fresh());
+            self.perform(case, &round.effects, fresh, &mut scheduled)
+                .await?;
         }
-        // More to do than one wake-up takes: come back.
-        Err(Failure::Retry(format!(
-            "case {case} needed more than {MAX_DECISIONS} decisions in one wake-up"
-        )))
+        // Timers don't outlive their case: once it is closed, its deadline
+        // is settled and its timer removed (a pending schedule never fires,
+        // and TIMERS keeps nothing for the case).
+        if woke.iter().any(|e| e.envelope.event_type == "case_closed") {
+            self.timers
+                .cancel(DEADLINE_TIMER, case)
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
+        }
+        if unfinished {
+            // More to do than one wake-up takes: come back.
+            return Err(Failure::Retry(format!(
+                "case {case} needed more than {MAX_ROUNDS} decisions in one wake-up"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casework_domain::pb::{self, Envelope, envelope::Payload};
+
+    fn pinned(version: &str, digest: &str) -> Projection {
+        let mut p = Projection::default();
+        p.apply(&Envelope {
+            event_id: "e-1".into(),
+            sequence: 1,
+            payload: Some(Payload::PromiseMade(pb::PromiseMade {
+                service_code: "refund".into(),
+                catalog_version: version.into(),
+                catalog_digest: digest.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_case_pinned_to_another_file_of_its_catalogue_version_is_refused() {
+        let sample = casework_catalog::sample();
+        let catalogs = Catalogs::new([sample.clone()]).unwrap();
+        let version = sample.version().to_string();
+        // The exact file the promise was made with, or no digest recorded.
+        for digest in [sample.digest(), ""] {
+            let s = service_of(&catalogs, &pinned(&version, digest)).unwrap();
+            assert_eq!(s.code.as_str(), "refund");
+        }
+        // Same version, other bytes: parked with a reason that says what
+        // to deploy.
+        let e = service_of(&catalogs, &pinned(&version, "00")).unwrap_err();
+        assert!(
+            e.contains("digest 00") && e.contains(sample.digest()) && e.contains("deploy"),
+            "{e}"
+        );
+        let e = service_of(&catalogs, &pinned("2030-01-01.1", "")).unwrap_err();
+        assert!(e.contains("2030-01-01.1"), "{e}");
     }
 }

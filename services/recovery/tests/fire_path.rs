@@ -1,7 +1,8 @@
 //! The deadline fire path of the reconciler against a real nats-server,
-//! through a log wrapper that counts reads and appends and can inject a
-//! failure (a crash between the two appends) or another writer's append
-//! (the kept-versus-broken race) at a chosen moment.
+//! through a log wrapper that counts reads (whole and incremental) and
+//! appends (one event each) and can inject a failure (a crash between two
+//! appends) or another writer's append (the kept-versus-broken race) at a
+//! chosen moment.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,10 @@ use casework_caselog::{
 use casework_domain::chain::timestamp;
 use casework_domain::pb::{self, envelope::Payload};
 use casework_domain::{CaseId, EventId, NewEvent, RawEvent, Tenant, Writer};
+use casework_recovery::projection::Projection;
 use casework_recovery::reconciler::RecoveryReconciler;
 use casework_recovery::views::Views;
+use casework_runtime::held::CaseCache;
 use casework_runtime::reconcile::{Failure, Reconciler};
 use casework_runtime::timers::Timers;
 use casework_testkit::NatsServer;
@@ -26,13 +29,24 @@ const VERSION: &str = "2026-11-01.1";
 /// Another writer's append to make just before one of ours.
 type Intrusion = (JetStreamLog, NewEvent);
 
+/// One append attempted: the event's type and when it was decided (every
+/// event of one decision has the decision's `now`).
+#[derive(Debug, Clone)]
+struct Attempt {
+    event_type: String,
+    decided_at: DateTime<Utc>,
+}
+
 /// A recovery log that counts what the reconciler does with it.
 #[derive(Debug)]
 struct Watched {
     inner: JetStreamLog,
+    /// Whole-case reads.
     reads: AtomicUsize,
-    /// Event types of every append attempted, in order.
-    appends: Mutex<Vec<Vec<String>>>,
+    /// Reads of what follows a head.
+    reads_after: AtomicUsize,
+    /// Every append attempted, in order.
+    appends: Mutex<Vec<Attempt>>,
     /// Fail the append with this index (0-based) as if the process died
     /// before making it.
     fail_append: AtomicUsize,
@@ -45,6 +59,7 @@ impl Watched {
         Self {
             inner,
             reads: AtomicUsize::new(0),
+            reads_after: AtomicUsize::new(0),
             appends: Mutex::new(Vec::new()),
             fail_append: AtomicUsize::new(usize::MAX),
             intrude: Mutex::new(None),
@@ -54,27 +69,57 @@ impl Watched {
     /// Forgets the counts (a new wake-up).
     fn reset(&self) {
         self.reads.store(0, Ordering::SeqCst);
+        self.reads_after.store(0, Ordering::SeqCst);
         self.appends.lock().unwrap().clear();
         self.fail_append.store(usize::MAX, Ordering::SeqCst);
     }
 
-    fn appends(&self) -> Vec<Vec<String>> {
-        self.appends.lock().unwrap().clone()
+    /// Event types of the appends attempted, in order.
+    fn appends(&self) -> Vec<String> {
+        self.appends
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.event_type.clone())
+            .collect()
+    }
+
+    /// The appends attempted, grouped by the decision that made them.
+    fn decisions(&self) -> Vec<Vec<String>> {
+        let mut out: Vec<(DateTime<Utc>, Vec<String>)> = Vec::new();
+        for a in self.appends.lock().unwrap().iter() {
+            match out.last_mut() {
+                Some((at, types)) if *at == a.decided_at => types.push(a.event_type.clone()),
+                _ => out.push((a.decided_at, vec![a.event_type.clone()])),
+            }
+        }
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// (whole-case reads, reads after a head).
+    fn reads(&self) -> (usize, usize) {
+        (
+            self.reads.load(Ordering::SeqCst),
+            self.reads_after.load(Ordering::SeqCst),
+        )
     }
 }
 
 #[async_trait]
 impl CaseLog for Watched {
-    async fn append_traced(
+    async fn append_event(
         &self,
         case: &CaseKey,
         after: Option<&Head>,
-        events: Vec<NewEvent>,
+        event: NewEvent,
         traceparent: Option<&str>,
     ) -> Result<Appended> {
         let index = {
             let mut a = self.appends.lock().unwrap();
-            a.push(events.iter().map(|e| e.event_type().to_string()).collect());
+            a.push(Attempt {
+                event_type: event.event_type().to_string(),
+                decided_at: event.occurred_at,
+            });
             a.len() - 1
         };
         let intrusion = self.intrude.lock().unwrap().take();
@@ -86,8 +131,18 @@ impl CaseLog for Watched {
             return Err(Error::Unavailable("injected: the process died here".into()));
         }
         self.inner
-            .append_traced(case, after, events, traceparent)
+            .append_event(case, after, event, traceparent)
             .await
+    }
+
+    async fn read_after(
+        &self,
+        case: &CaseKey,
+        after: Option<&Head>,
+        until: Option<(u64, u64)>,
+    ) -> Result<Vec<StoredEvent>> {
+        self.reads_after.fetch_add(1, Ordering::SeqCst);
+        self.inner.read_after(case, after, until).await
     }
 
     async fn read(&self, case: &CaseKey, from_stream_seq: u64) -> Result<Vec<StoredEvent>> {
@@ -119,10 +174,30 @@ impl CaseLog for Watched {
 struct Fixture {
     _server: NatsServer,
     _dir: tempfile::TempDir,
+    client: async_nats::Client,
+    views: Views,
     intake: JetStreamLog,
     fulfilment: JetStreamLog,
     log: Arc<Watched>,
     reconciler: RecoveryReconciler,
+}
+
+impl Fixture {
+    /// A reconciler on the same log with nothing held (a restarted
+    /// replica).
+    fn restarted(&self) -> RecoveryReconciler {
+        reconciler(&self.client, self.log.clone(), self.views.clone())
+    }
+}
+
+fn reconciler(client: &async_nats::Client, log: Arc<Watched>, views: Views) -> RecoveryReconciler {
+    RecoveryReconciler::new(
+        log,
+        Arc::new(casework_runtime::load_catalogs(&[]).unwrap()),
+        Timers::new(client.clone(), Writer::Recovery),
+        views,
+        Arc::new(CaseCache::<Projection>::new("recovery", 100)),
+    )
 }
 
 async fn fixture() -> Fixture {
@@ -143,19 +218,16 @@ async fn fixture() -> Fixture {
     )));
     let dir = tempfile::tempdir().unwrap();
     let db = casework_runtime::store::open(dir.path(), "recovery").unwrap();
-    let reconciler = RecoveryReconciler::new(
-        log.clone(),
-        Arc::new(casework_runtime::load_catalogs(&[]).unwrap()),
-        Timers::new(client.clone(), Writer::Recovery),
-        Views::open(db).unwrap(),
-    );
+    let views = Views::open(db).unwrap();
     Fixture {
+        reconciler: reconciler(&client, log.clone(), views.clone()),
         intake: JetStreamLog::new(client.clone(), "intake-test", Some(Writer::Intake)),
-        fulfilment: JetStreamLog::new(client, "fulfilment-test", Some(Writer::Fulfilment)),
+        fulfilment: JetStreamLog::new(client.clone(), "fulfilment-test", Some(Writer::Fulfilment)),
+        client,
+        views,
         _server: server,
         _dir: dir,
         log,
-        reconciler,
     }
 }
 
@@ -221,24 +293,44 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// The case's whole log, as the recovery that broke its promise leaves it.
+fn broken_and_recovered() -> Vec<&'static str> {
+    let mut expected = vec!["case_opened", "promise_made", "promise_broken"];
+    expected.extend(LADDER);
+    expected
+}
+
+fn assert_no_duplicate_ids(log: &[StoredEvent]) {
+    let mut ids = std::collections::HashSet::new();
+    for e in log {
+        assert!(
+            ids.insert(e.envelope.event_id.clone()),
+            "{} twice",
+            e.envelope.event_type
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fire_reads_once_and_appends_promise_broken_alone_before_the_ladder() {
     let f = fixture().await;
     let case = open_case(&f.intake, Utc::now() - chrono::Duration::seconds(1)).await;
 
-    f.reconciler.reconcile(&case).await.unwrap();
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
 
-    // One read; promise_broken as a single-event append, then the ladder;
-    // the decision after the ladder is taken on the known state (no read).
-    assert_eq!(f.log.reads.load(Ordering::SeqCst), 1);
+    // One read (nothing is held yet); promise_broken decided alone, then
+    // the ladder as one decision, appended one event at a time; the
+    // decision after the ladder is taken on the held state (no read).
+    assert_eq!(f.log.reads(), (1, 0));
+    let mut one_by_one = strings(&["promise_broken"]);
+    one_by_one.extend(strings(&LADDER));
+    assert_eq!(f.log.appends(), one_by_one);
     assert_eq!(
-        f.log.appends(),
+        f.log.decisions(),
         [strings(&["promise_broken"]), strings(&LADDER)]
     );
     let log = f.intake.read(&case, 0).await.unwrap();
-    let mut expected = vec!["case_opened", "promise_made", "promise_broken"];
-    expected.extend(LADDER);
-    assert_eq!(types(&log), expected);
+    assert_eq!(types(&log), broken_and_recovered());
     // The ladder names the broken promise as its cause.
     assert!(
         log[3..]
@@ -246,10 +338,45 @@ async fn a_fire_reads_once_and_appends_promise_broken_alone_before_the_ladder() 
             .all(|e| e.envelope.causation_id == log[2].envelope.event_id)
     );
 
-    // A repeated fire (redelivery) reads once and appends nothing.
+    // A repeated fire (redelivery) reads only what follows the held head
+    // (nothing) and appends nothing.
     f.log.reset();
-    f.reconciler.reconcile(&case).await.unwrap();
-    assert_eq!(f.log.reads.load(Ordering::SeqCst), 1);
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
+    assert_eq!(f.log.reads(), (0, 1));
+    assert!(f.log.appends().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_on_a_closed_case_reads_nothing() {
+    let f = fixture().await;
+    let case = open_case(&f.intake, Utc::now() - chrono::Duration::seconds(1)).await;
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
+    // Intake closes the case; its delivery wakes recovery, which folds it
+    // (it continues the held head: no read).
+    let head = f.intake.head(&case).await.unwrap();
+    let closed = f
+        .intake
+        .append(
+            &case,
+            head.as_ref(),
+            vec![ev(
+                &case,
+                "case_closed",
+                Payload::CaseClosed(pb::CaseClosed {
+                    resolution: pb::Resolution::Unresolved as i32,
+                    summary: "escalated".into(),
+                }),
+            )],
+        )
+        .await
+        .unwrap();
+    f.log.reset();
+    f.reconciler.reconcile(&case, &closed.events).await.unwrap();
+    assert_eq!(f.log.reads(), (0, 0));
+    assert!(f.log.appends().is_empty());
+    // Closed with no recovery open: a (stale) deadline fire costs no read.
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
+    assert_eq!(f.log.reads(), (0, 0));
     assert!(f.log.appends().is_empty());
 }
 
@@ -260,7 +387,7 @@ async fn a_crash_between_promise_broken_and_the_ladder_is_healed_by_the_next_fir
 
     // The process dies after promise_broken landed, before the ladder.
     f.log.fail_append.store(1, Ordering::SeqCst);
-    let first = f.reconciler.reconcile(&case).await;
+    let first = f.reconciler.reconcile(&case, &[]).await;
     assert!(
         matches!(first, Err(Failure::Retry(_))),
         "the fire must not be acknowledged: {first:?}"
@@ -274,12 +401,59 @@ async fn a_crash_between_promise_broken_and_the_ladder_is_healed_by_the_next_fir
     // The unacknowledged fire comes again: the recovery follows, and
     // promise_broken is not appended a second time.
     f.log.reset();
-    f.reconciler.reconcile(&case).await.unwrap();
-    assert_eq!(f.log.appends(), [strings(&LADDER)]);
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
+    assert_eq!(f.log.appends(), strings(&LADDER));
+    assert_eq!(f.log.decisions(), [strings(&LADDER)]);
     let log = f.intake.read(&case, 0).await.unwrap();
-    let mut expected = vec!["case_opened", "promise_made", "promise_broken"];
-    expected.extend(LADDER);
-    assert_eq!(types(&log), expected);
+    assert_eq!(types(&log), broken_and_recovered());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_the_ladder_is_healed_after_a_restart_with_the_same_events() {
+    let f = fixture().await;
+    let case = open_case(&f.intake, Utc::now() - chrono::Duration::seconds(1)).await;
+
+    // The process dies after compensation_proposed (automatic) landed,
+    // before its compensation_granted (appends: promise_broken,
+    // recovery_started, apology_sent, compensation_proposed, then this).
+    f.log.fail_append.store(4, Ordering::SeqCst);
+    let first = f.reconciler.reconcile(&case, &[]).await;
+    assert!(matches!(first, Err(Failure::Retry(_))), "{first:?}");
+    let log = f.intake.read(&case, 0).await.unwrap();
+    assert_eq!(types(&log), broken_and_recovered()[..6]);
+
+    // A restarted replica (nothing held) reads the case once and appends
+    // exactly the rest of that decision.
+    f.log.reset();
+    let restarted = f.restarted();
+    restarted.reconcile(&case, &[]).await.unwrap();
+    assert_eq!(f.log.reads(), (1, 0));
+    assert_eq!(
+        f.log.appends(),
+        strings(&[
+            "compensation_granted",
+            "case_escalated",
+            "recovery_completed"
+        ])
+    );
+    let log = f.intake.read(&case, 0).await.unwrap();
+    assert_eq!(types(&log), broken_and_recovered());
+    assert_no_duplicate_ids(&log);
+    let Some(Payload::CompensationGranted(g)) = &log[6].envelope.payload else {
+        panic!("grant")
+    };
+    assert!(
+        g.reason.contains("within the automatic limit"),
+        "{}",
+        g.reason
+    );
+    assert_eq!(g.compensation_id, "r1-c2");
+    // Every event of the ladder names the broken promise as its cause.
+    assert!(
+        log[3..]
+            .iter()
+            .all(|e| e.envelope.causation_id == log[2].envelope.event_id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,12 +473,12 @@ async fn promise_kept_landing_first_wins_the_race_and_nothing_is_appended() {
     );
     *f.log.intrude.lock().unwrap() = Some((f.fulfilment.clone(), kept));
 
-    f.reconciler.reconcile(&case).await.unwrap();
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
 
-    // The append of promise_broken conflicted; the case was read again and
-    // the promise is kept on time: nothing more.
-    assert_eq!(f.log.appends(), [strings(&["promise_broken"])]);
-    assert_eq!(f.log.reads.load(Ordering::SeqCst), 2);
+    // The append of promise_broken conflicted; what followed the head was
+    // read and the promise is kept on time: nothing more.
+    assert_eq!(f.log.appends(), strings(&["promise_broken"]));
+    assert_eq!(f.log.reads(), (1, 1));
     let log = f.intake.read(&case, 0).await.unwrap();
     assert_eq!(types(&log), ["case_opened", "promise_made", "promise_kept"]);
 }
@@ -324,12 +498,12 @@ async fn a_late_promise_kept_landing_first_still_leaves_the_promise_broken() {
             ..Default::default()
         }),
     );
-    // promise_broken conflicts, is decided again on a fresh read (kept late
-    // is not kept on time, so the promise is broken after all), and lands,
-    // followed by its recovery.
+    // promise_broken conflicts, is decided again after reading what
+    // followed the head (kept late is not kept on time, so the promise is
+    // broken after all), and lands, followed by its recovery.
     *f.log.intrude.lock().unwrap() = Some((f.fulfilment.clone(), kept));
-    f.reconciler.reconcile(&case).await.unwrap();
-    assert_eq!(f.log.reads.load(Ordering::SeqCst), 2);
+    f.reconciler.reconcile(&case, &[]).await.unwrap();
+    assert_eq!(f.log.reads(), (1, 1));
     let log = f.intake.read(&case, 0).await.unwrap();
     assert_eq!(
         &types(&log)[..4],
@@ -346,4 +520,5 @@ async fn a_late_promise_kept_landing_first_still_leaves_the_promise_broken() {
             .count(),
         1
     );
+    assert_no_duplicate_ids(&log);
 }
