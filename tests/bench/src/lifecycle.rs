@@ -8,7 +8,9 @@
 //! user). Four results: 1 and 64 cases in flight, each with nats-server's
 //! default `sync_interval` and with `always`, each on a fresh system so the
 //! peak memory (VmHWM) of every service process and of nats-server, printed
-//! on the line, belongs to that run alone (plus its warm-up).
+//! on the line, belongs to that run alone (plus its warm-up). Each result is
+//! preceded by its `lifecycle-raw` twin (the same 12 appends per case on
+//! bare JetStream, see `lifecycle_raw`), so the ratio is our overhead.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,7 +34,8 @@ const SERVICE: &str = "bench_lifecycle";
 /// How long one case may take from OpenCase to case_closed before the run
 /// is abandoned (a hang, not a measurement).
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
-const WARMUP_CASES: usize = 16;
+/// Cases run before the measured ones (at least the concurrency, up to 64).
+pub(crate) const WARMUP_CASES: usize = 16;
 
 const CATALOG: &str = r#"
 version = "bench-lifecycle-1"
@@ -165,7 +168,7 @@ async fn drive(
 
 /// Starts a fresh system (blocking work: building the binaries on first
 /// use, spawning, waiting for readiness) off the async workers.
-async fn start_system(catalog: PathBuf, sync_always: bool) -> System {
+pub(crate) async fn start_system(catalog: PathBuf, sync_always: bool) -> System {
     tokio::task::spawn_blocking(move || System::start_configured(&catalog, &[], sync_always))
         .await
         .expect("the system starts")
@@ -173,7 +176,7 @@ async fn start_system(catalog: PathBuf, sync_always: bool) -> System {
 
 /// Kills every service, then the broker (dropping `System` alone would stop
 /// the broker first and leave the services briefly running without it).
-fn stop_system(mut sys: System) {
+pub(crate) fn stop_system(mut sys: System) {
     for s in sys.services.values_mut() {
         s.kill9();
     }
@@ -275,20 +278,28 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
     stop_system(sys);
 }
 
-/// Runs the four results.
+/// The measured points: (cases in flight, cases), shared with
+/// `lifecycle-raw`.
+pub(crate) fn points() -> [(usize, usize); 2] {
+    [(1, scaled(50).max(1)), (64, scaled(1000).max(64))]
+}
+
+/// Runs the four results, each right after its `lifecycle-raw` twin (same
+/// sync setting and concurrency, a broker of its own), so the two are
+/// always measured in one sitting.
 pub async fn lifecycle() {
     let dir = casework_testkit::TempDir::new().expect("temporary directory");
     let catalog = dir.path().join("catalog.toml");
     std::fs::write(&catalog, CATALOG).expect("bench catalogue");
+    // Build the service binaries (when they are stale) before anything is
+    // measured, not between a raw result and its twin.
+    tokio::task::spawn_blocking(casework_e2e::release_bins)
+        .await
+        .expect("the service binaries build");
     for sync_always in [false, true] {
-        for (concurrency, n) in [(1, scaled(50)), (64, scaled(1000))] {
-            run(
-                catalog.clone(),
-                sync_always,
-                concurrency,
-                n.max(concurrency),
-            )
-            .await;
+        for (concurrency, n) in points() {
+            crate::lifecycle_raw::run(sync_always, concurrency, n).await;
+            run(catalog.clone(), sync_always, concurrency, n).await;
         }
     }
 }

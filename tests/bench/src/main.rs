@@ -6,7 +6,8 @@
 //! It never fails on a timing: it measures and prints.
 //!
 //! Usage: `cargo run --release -p casework-bench -- <scenario>...` where a
-//! scenario is `append`, `replay` or `all`. `CASEWORK_BENCH_SCALE` (default
+//! scenario is one of those listed by `--help` (e.g. `append`, `lifecycle`,
+//! `long-case`) or `all`. `CASEWORK_BENCH_SCALE` (default
 //! 1.0) scales the operation counts.
 
 mod append;
@@ -14,6 +15,8 @@ mod deadlines;
 mod fulfil;
 mod ledger;
 mod lifecycle;
+mod lifecycle_raw;
+mod long_case;
 mod open_case;
 mod report;
 
@@ -33,7 +36,10 @@ async fn main() -> ExitCode {
                fulfil   cases/s from promise_made to promise_kept, 3 simulated steps (and -external: 3 steps by a gRPC worker)\n  \
                deadlines  100,000 pending promise deadlines in recovery: promise_broken lateness p50/p99, memory\n  \
                replay-ledger  one 10,000-event case: archive rebuild from the stream, ReplayCase and GetHistory events/s\n  \
-               lifecycle  whole cases/s and open-to-closed latency, the four services as release processes, 1 and 64 in flight, sync default/always, peak memory\n  \
+               lifecycle  whole cases/s and open-to-closed latency, the four services as release processes, 1 and 64 in flight, sync default/always, peak memory;\n           \
+                        each result preceded by its lifecycle-raw twin\n  \
+               lifecycle-raw  the same 12 appends per case on bare JetStream, each after the first two made by a consumer that saw the previous one\n  \
+               long-case  RecordInteraction latency on a fresh case and on one of 1,000 and 10,000 events (and -raw: direct get + one OCC publish)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
@@ -52,6 +58,8 @@ async fn main() -> ExitCode {
             "fulfil" => fulfil::fulfil().await,
             "deadlines" => deadlines::deadlines().await,
             "lifecycle" => lifecycle::lifecycle().await,
+            "lifecycle-raw" => lifecycle_raw::lifecycle_raw().await,
+            "long-case" => long_case::long_case().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "all" => {
                 append::append().await;
