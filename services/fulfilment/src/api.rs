@@ -2,7 +2,9 @@
 //! poll, complete, fail and heartbeat tasks; people list and complete
 //! manual steps; operators list parked cases. Every request is checked
 //! (INVALID_ARGUMENT names the field), every task is validated against the
-//! case's log, and every completion goes through [`Engine::report`].
+//! case's log (its held state, brought up to date under the case's lock:
+//! [`Engine::with_case`]), and every completion goes through
+//! [`Engine::report`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -138,8 +140,10 @@ impl FulfilmentApi {
         now: DateTime<Utc>,
         lease_until: Option<DateTime<Utc>>,
     ) -> Result<Option<api::Task>> {
-        let (wf, _) = self.engine.load(&t.case).await?;
-        let task = task_of(&wf, t, e, now, lease_until);
+        let task = self
+            .engine
+            .with_case(&t.case, &[], |wf, _| task_of(wf, t, e, now, lease_until))
+            .await?;
         if task.is_none() {
             self.engine.board().remove(t);
         }
@@ -205,31 +209,37 @@ impl FulfilmentApi {
     async fn heartbeat(&self, r: api::HeartbeatRequest) -> Result<api::HeartbeatResponse> {
         let t = token(&r.token)?;
         required(&r.worker_id, "worker_id", "\"refund-worker-1\"")?;
-        let (wf, events) = self.engine.load(&t.case).await?;
-        if events.is_empty() {
-            return Err(Error::NotFound(format!("case {} has no events", t.case)));
-        }
         let now = Utc::now();
-        let Some((run, step, attempt)) = wf.attempt(t.attempt) else {
-            return Err(Error::NotFound(format!(
-                "no task {} in case {}",
-                t.attempt, t.case
-            )));
-        };
-        if wf.withdrawn
-            || wf.closed
-            || run.outcome.is_some()
-            || !attempt.in_flight()
-            || attempt.timeout_at <= now
-        {
-            return Err(Error::FailedPrecondition(format!(
-                "stale task: attempt {} of step {} is no longer running; stop working on it",
-                t.attempt.attempt, step.name
-            )));
-        }
+        // The running attempt's timeout, or why there is none.
+        let timeout_at = self
+            .engine
+            .with_case(&t.case, &[], |wf, head| {
+                if head.is_none() {
+                    return Err(Error::NotFound(format!("case {} has no events", t.case)));
+                }
+                let Some((run, step, attempt)) = wf.attempt(t.attempt) else {
+                    return Err(Error::NotFound(format!(
+                        "no task {} in case {}",
+                        t.attempt, t.case
+                    )));
+                };
+                if wf.withdrawn
+                    || wf.closed
+                    || run.outcome.is_some()
+                    || !attempt.in_flight()
+                    || attempt.timeout_at <= now
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "stale task: attempt {} of step {} is no longer running; stop working on it",
+                        t.attempt.attempt, step.name
+                    )));
+                }
+                Ok(attempt.timeout_at)
+            })
+            .await??;
         let board = self.engine.board();
         let until = (now + chrono::Duration::seconds(self.engine.settings().lease_seconds as i64))
-            .min(attempt.timeout_at);
+            .min(timeout_at);
         if !board.try_lease(&t, &r.worker_id, now, until) {
             let holder = board.lease(&t).map(|l| l.worker).unwrap_or_default();
             return Err(Error::FailedPrecondition(format!(
@@ -240,7 +250,7 @@ impl FulfilmentApi {
         board.persist(vec![t]).await;
         Ok(api::HeartbeatResponse {
             lease_expires_at: Some(timestamp(until)),
-            timeout_at: Some(timestamp(attempt.timeout_at)),
+            timeout_at: Some(timestamp(timeout_at)),
         })
     }
 

@@ -8,7 +8,7 @@
 //! that woke the case):
 //! - nothing before `promise_made`, nothing for a withdrawn or closed case;
 //! - no run yet → `fulfilment_started` (run 1) + `step_started` of step 0,
-//!   attempt 1, in one decision;
+//!   attempt 1, in one decision (two appends: see below);
 //! - the last run finished without a kept promise and recovery requested
 //!   more retries than runs followed → the next run, the same way;
 //! - in the current run, the first step not completed decides: no attempt →
@@ -27,6 +27,23 @@
 //! Event ids are derived from the causing event and a key naming the
 //! decision (`step_started/r1/s0/a2`…), so the same decision always yields
 //! the same ids. Back-off jitter is a hash of case, run, step and attempt.
+//!
+//! **Every prefix of a decision is a state these rules continue from**
+//! (DESIGN.md §3, one event per append: a decision of two events is two
+//! appends, and a crash or conflict may land only the first). The two
+//! decisions of two events, and how deciding again finishes them with the
+//! same ids and payloads:
+//! - `fulfilment_started` + `step_started`: a run with no attempt of its
+//!   first step starts attempt 1, caused by the run's `fulfilment_started`
+//!   — the same cause and key as in the decision that started the run;
+//! - `step_failed` (no `retry_at`) + `fulfilment_failed` (from a timeout
+//!   here, or from a report): a failure for good with no
+//!   `fulfilment_failed` yet is followed by `fulfilment_failed`, caused by
+//!   that `step_failed`, naming its attempt and error.
+//!
+//! Times in a healed event's payload (`timeout_at`) are taken from when it
+//! is decided; `decide_tests` checks every multi-event decision of its
+//! scenarios this way.
 
 use std::time::Duration;
 

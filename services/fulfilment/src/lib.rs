@@ -12,12 +12,30 @@
 //! another service, and it never decides from the event that woke it.
 //!
 //! Layout: `workflow` (the pure projection of a case's log: runs, steps,
-//! attempts), `decide` (the pure rules: [`decide::decide`] and
-//! [`decide::report`]), `token` (task tokens), `engine` (the reconciler, the
-//! report path, the simulator, timers and the task tail), `tasks` (the task
-//! board and leases), `api` (gRPC), `settings`, `error`.
+//! attempts — the state held per case), `decide` (the pure rules:
+//! [`decide::decide`] and [`decide::report`]), `token` (task tokens),
+//! `engine` (the held-state cache, the one reconcile path taken by
+//! wake-ups and reports, the simulator, timers and the task tail), `tasks`
+//! (the task board and leases), `api` (gRPC), `settings`, `error`.
 //!
 //! Decisions (DESIGN.md is silent on them):
+//! - **Held state**: each active case's [`workflow::Workflow`] and head
+//!   are kept in a bounded cache (`cache_cases`) and brought up to date
+//!   from the events that woke the case or by reading only what follows
+//!   the head; every path that decides on or reads a case holds its
+//!   per-case lock. A stale or evicted state costs a conflict or one read,
+//!   never a wrong append.
+//! - **Wake-ups**: the durable consumer [`WAKE_CONSUMER`] delivers only
+//!   [`WAKE_FILTERS`] — the events of other writers after which a decision
+//!   may append something (`promise_made`, `retry_requested`). Fulfilment's
+//!   own events do not wake it: the reconcile that appended them decides
+//!   again until idle, and a report is followed at once by a reconcile on
+//!   the held state (then by the `step` timer, should that fail). Clocks
+//!   wake it through the `step` timer. Events that only make it decide
+//!   *less* (`case_withdrawn`, `case_closed`) or change a payload
+//!   (`promise_broken`: `late`) need no wake-up: every append is guarded by
+//!   the head its state was folded to, so one that missed them conflicts,
+//!   reloads and decides again.
 //! - **Timeouts** are per attempt: `step_started.timeout_at = now +
 //!   step.timeout`. One durable `step` timer per case, re-derived on every
 //!   reconcile, is set at the running attempt's `timeout_at` or the failed
@@ -45,7 +63,8 @@
 //! - **Parking**: a case pinned to an unknown catalogue version, digest or
 //!   service, a run whose steps disagree with its catalogue, or an
 //!   undecodable event is parked (redb record, `casework_cases_parked_total`)
-//!   and tried again on its next change; its record is cleared when it is
+//!   and tried again at the next start (say, once the missing catalogue is
+//!   deployed) and on its next wake-up; its record is cleared when it is
 //!   decided again.
 
 pub mod api;
@@ -78,8 +97,39 @@ pub use casework_proto::fulfilment::v1 as proto;
 /// Fulfilment's options.
 pub type ServiceOptions = Options<Settings>;
 
-/// The service name: writer, NATS user, consumer and redb file.
+/// The service name: writer, NATS user, per-case locks, metrics and redb
+/// file (the consumers are [`WAKE_CONSUMER`] and `fulfilment-timers`).
 pub const SERVICE: &str = "fulfilment";
+
+/// The durable consumer that wakes fulfilment on a case's changes (shared
+/// by the replicas). Named for its filters: an existing durable with other
+/// filters is refused at start, so a change of [`WAKE_FILTERS`] needs a new
+/// name. (The consumer `fulfilment`, filtered to `case.>`, preceded it; an
+/// operator deletes it with `nats consumer rm CASES fulfilment`. The new
+/// one starts at the beginning of the stream, so after an upgrade every
+/// case is decided once more, which changes nothing that is up to date.)
+pub const WAKE_CONSUMER: &str = "fulfilment-wake";
+
+/// The events that can make fulfilment append something, and only those
+/// (derived from [`decide::decide`]; a new trigger there needs its event
+/// here, and a new [`WAKE_CONSUMER`] name):
+/// - `promise_made` (intake): a promise with no run starts run 1 — nothing
+///   acts on a case before its promise, so `case_opened` is not needed;
+/// - `retry_requested` (recovery): a run over without a kept promise and
+///   more retries requested than runs followed starts the next run.
+///
+/// Not here: fulfilment's own events (the reconcile or report that appends
+/// them decides again on the held state right after), `case_withdrawn` and
+/// `case_closed` (they only stop decisions; an append that missed them
+/// conflicts on the head, reloads and decides nothing), `promise_broken`
+/// (it only sets `late` on a `promise_kept`, an append guarded the same
+/// way), and the rest (interactions, feedback, recovery's other events),
+/// which the rules do not read. Clocks (timeouts, back-off) wake the case
+/// through its `step` timer.
+pub const WAKE_FILTERS: [&str; 2] = [
+    "case.*.*.intake.promise_made",
+    "case.*.*.recovery.retry_requested",
+];
 
 /// Defaults: gRPC on 127.0.0.1:50052, HTTP on 127.0.0.1:8082.
 pub fn default_options() -> ServiceOptions {
@@ -112,6 +162,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
             CaseKey::parse(t, c).ok()
         })
         .collect();
+    let retry_first: Vec<CaseKey> = parked_now.iter().cloned().collect();
     let board = Arc::new(tasks::TaskBoard::open(Some(db.clone()))?);
     let timers = Timers::new(client.clone(), Writer::Fulfilment);
     let stop = shutdown.child_token();
@@ -150,6 +201,19 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
                 .await
         })
     };
+    // Parked cases are tried again once at start: the missing catalogue
+    // may have been deployed, and nothing else may wake them.
+    let unpark = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        tokio::spawn(async move {
+            for case in retry_first {
+                if stop.is_cancelled() {
+                    break;
+                }
+                engine.reconcile_now(&case).await;
+            }
+        })
+    };
     let pruner = {
         let (board, stop) = (board.clone(), stop.clone());
         tokio::spawn(async move {
@@ -168,8 +232,8 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         Arc::new(engine.clone()),
         LoopConfig {
             service: SERVICE,
-            durable: SERVICE.to_owned(),
-            filters: vec!["case.>".to_owned()],
+            durable: WAKE_CONSUMER.to_owned(),
+            filters: WAKE_FILTERS.iter().map(|f| (*f).to_owned()).collect(),
             concurrency,
         },
         Some(parked.clone()),
@@ -212,6 +276,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
             rest_results.push(stopped(h.await, name));
         }
         pruner.abort();
+        unpark.abort();
         // In-flight calls finish before the connection they append on goes.
         serving.drained(casework_runtime::grpc::DRAIN_GRACE).await;
         let _ = client.drain().await;

@@ -24,6 +24,12 @@ pub struct Settings {
     pub max_poll_wait_seconds: u64,
     /// Most tasks one poll returns.
     pub max_tasks_per_poll: u32,
+    /// Most cases whose folded state and head this replica holds in memory
+    /// (least recently used dropped first). A held case is decided without
+    /// reading its log again; a case that is not held is read whole once
+    /// when it next wakes. Size it to the cases in flight at once (a case
+    /// is a few kilobytes); a smaller cache costs reads, never correctness.
+    pub cache_cases: usize,
 }
 
 impl Default for Settings {
@@ -34,6 +40,7 @@ impl Default for Settings {
             concurrency: 64,
             max_poll_wait_seconds: 60,
             max_tasks_per_poll: 100,
+            cache_cases: 10_000,
         }
     }
 }
@@ -83,6 +90,12 @@ impl casework_runtime::Validate for Settings {
                 self.max_tasks_per_poll
             ));
         }
+        if self.cache_cases == 0 || self.cache_cases > 10_000_000 {
+            p.push(format!(
+                "cache_cases: {} must be between 1 and 10000000 (e.g. 10000)",
+                self.cache_cases
+            ));
+        }
         if self
             .simulate_latency_override_ms
             .is_some_and(|ms| ms > 3_600_000)
@@ -114,17 +127,20 @@ mod tests {
         assert_eq!(o.grpc_listen.port(), 50052);
         assert_eq!(o.http_listen.port(), 8082);
         assert_eq!(o.service.simulate_latency_override_ms, None);
+        assert_eq!(o.service.cache_cases, 10_000);
         let o = load(
             default_options(),
             None,
             &env(&[
                 ("CASEWORK_SERVICE__SIMULATE_LATENCY_OVERRIDE_MS", "250"),
                 ("CASEWORK_SERVICE__LEASE_SECONDS", "5"),
+                ("CASEWORK_SERVICE__CACHE_CASES", "500"),
             ]),
         )
         .unwrap();
         assert_eq!(o.service.simulate_latency_override_ms, Some(250));
         assert_eq!(o.service.lease_seconds, 5);
+        assert_eq!(o.service.cache_cases, 500);
     }
 
     #[test]
@@ -145,6 +161,10 @@ mod tests {
             (
                 &[("CASEWORK_SERVICE__MAX_TASKS_PER_POLL", "5000")][..],
                 "service.max_tasks_per_poll",
+            ),
+            (
+                &[("CASEWORK_SERVICE__CACHE_CASES", "0")][..],
+                "service.cache_cases",
             ),
         ] {
             let e = load(default_options(), None, &env(vars))

@@ -3,13 +3,16 @@
 //! failed) and what the front stage and recovery said (promise, retries,
 //! withdrawal, closing). Richer than `casework_domain::CaseState` because the
 //! decider needs every attempt of every run; it never fails (an event it
-//! does not expect is ignored: the log is the truth).
+//! does not expect is ignored: the log is the truth). It is the state the
+//! engine holds per case ([`Fold`]): brought up to date one event at a
+//! time, never re-read whole on the hot path.
 
 use std::collections::BTreeMap;
 
-use casework_caselog::CaseKey;
+use casework_caselog::{CaseKey, StoredEvent};
 use casework_domain::chain::from_timestamp;
 use casework_domain::pb::{self, Envelope, envelope::Payload};
+use casework_runtime::held::Fold;
 use chrono::{DateTime, Utc};
 
 /// The promise the front stage made.
@@ -355,5 +358,22 @@ impl Workflow {
             }
             _ => {}
         }
+    }
+}
+
+impl Fold for Workflow {
+    fn empty(case: &CaseKey) -> Self {
+        Workflow::new(case.clone())
+    }
+
+    fn apply(&mut self, event: &StoredEvent) {
+        Workflow::apply(self, &event.envelope);
+    }
+
+    /// A closed case is decided no further ([`crate::decide::decide`] and
+    /// [`crate::decide::report`] refuse everything once `case_closed` is
+    /// folded), so a wake-up that brings no event needs no read.
+    fn is_final(&self) -> bool {
+        self.closed
     }
 }

@@ -6,8 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use casework_domain::pb::envelope::Payload;
+use casework_caselog::CaseLog;
+use casework_catalog::Catalogs;
+use casework_domain::pb::{self, envelope::Payload};
+use casework_domain::{EventId, NewEvent, Writer};
 use casework_fulfilment::proto as api;
+use casework_fulfilment::workflow::Workflow;
 use common::{World, assert_sound, client, count, types};
 use tonic::Code;
 
@@ -98,6 +102,90 @@ async fn an_external_step_nobody_polls_times_out() {
     let gap = casework_domain::chain::from_timestamp(failed.envelope.occurred_at.as_ref().unwrap())
         - casework_domain::chain::from_timestamp(started.envelope.occurred_at.as_ref().unwrap());
     assert!(gap >= chrono::Duration::seconds(1), "{gap}");
+    assert_sound(&case, &events);
+}
+
+/// Only `promise_made` and `retry_requested` wake fulfilment: recovery's
+/// retry of a failed fulfilment is one of them, and starts run 2.
+#[tokio::test]
+async fn a_retry_requested_by_recovery_starts_the_next_run() {
+    let w = World::new().await;
+    let (_running, _stop) = w.start("f-0").await;
+    let case = w.open_case("doomed").await;
+    let events = w.wait_for(&case, "fulfilment_failed", WAIT).await;
+    let failed = events.last().unwrap();
+    let recovery = w.log_as(Writer::Recovery, "recovery-test").await;
+    recovery
+        .append(
+            &case,
+            Some(&failed.head()),
+            vec![NewEvent {
+                event_id: EventId::derive(&case.case_id, &failed.envelope.event_id, "retry"),
+                occurred_at: chrono::Utc::now(),
+                causation_id: failed.envelope.event_id.clone(),
+                correlation_id: case.case_id.to_string(),
+                payload: Payload::RetryRequested(pb::RetryRequested {
+                    recovery: 1,
+                    retry: 1,
+                    reason: "try again".into(),
+                }),
+            }],
+        )
+        .await
+        .unwrap();
+    let events = casework_testkit::eventually(WAIT, "run 2 failed", || async {
+        let evs = w.events(&case).await;
+        (count(&evs, "fulfilment_failed") == 2).then_some(evs)
+    })
+    .await;
+    let runs: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match &e.envelope.payload {
+            Some(Payload::FulfilmentStarted(f)) => Some(f.run),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, [1, 2]);
+    assert_eq!(count(&events, "step_started"), 4);
+    assert_sound(&case, &events);
+}
+
+/// One event per append: a replica that died after the first event of a
+/// two-event decision (`fulfilment_started`, not yet `step_started`) left a
+/// prefix; the next decision finishes it with the same ids.
+#[tokio::test]
+async fn a_decision_cut_after_its_first_event_is_finished_with_the_same_ids() {
+    let w = World::new().await;
+    let case = w.open_case("quick").await;
+    let events = w.events(&case).await;
+    let wf = Workflow::fold(case.clone(), events.iter().map(|e| &e.envelope));
+    let catalogs = Catalogs::new([w.catalog.clone()]).unwrap();
+    let d = casework_fulfilment::decide::decide(&wf, chrono::Utc::now(), &catalogs).unwrap();
+    let decided: Vec<&str> = d.events.iter().map(|e| e.event_type().as_str()).collect();
+    assert_eq!(decided, ["fulfilment_started", "step_started"]);
+    let died = w.log_as(Writer::Fulfilment, "f-died").await;
+    died.append_event(
+        &case,
+        Some(&events.last().unwrap().head()),
+        d.events[0].clone(),
+        None,
+    )
+    .await
+    .unwrap();
+
+    let (_running, _stop) = w.start("f-0").await;
+    let events = w.wait_for(&case, "promise_kept", WAIT).await;
+    assert_eq!(count(&events, "fulfilment_started"), 1);
+    let started = events
+        .iter()
+        .find(|e| e.envelope.event_type == "step_started")
+        .unwrap();
+    assert_eq!(started.envelope.event_id, d.events[1].event_id.to_string());
+    assert_eq!(
+        started.envelope.causation_id,
+        d.events[0].event_id.to_string()
+    );
+    assert_eq!(started.envelope.writer_instance, "f-0");
     assert_sound(&case, &events);
 }
 

@@ -151,6 +151,52 @@ impl Serving {
     }
 }
 
+/// The one mapping from the log's errors to gRPC statuses, shared by every
+/// service's API: someone else writing first, or the broker out of reach
+/// or out of resources, is `UNAVAILABLE` (retry with the same idempotency
+/// key or request id: nothing is duplicated); bad input is
+/// `INVALID_ARGUMENT`; stored data that cannot be read is `DATA_LOSS`; the
+/// rest is `INTERNAL`.
+pub fn log_status(e: &casework_caselog::Error) -> tonic::Status {
+    use casework_caselog::Error as L;
+    use tonic::Status;
+    match e {
+        L::Invalid(_) | L::Misuse(_) => Status::invalid_argument(e.to_string()),
+        L::Conflict { .. } | L::Unavailable(_) | L::Nats(_) => Status::unavailable(format!(
+            "{e}; retry with the same idempotency key or request id"
+        )),
+        // 10047: insufficient resources (the broker's storage is full);
+        // 10077/10078: the stream is at its limits.
+        L::Rejected {
+            code: 10047 | 10077 | 10078,
+            ..
+        } => Status::unavailable(format!(
+            "{e}: the broker cannot store more now; retry later with the same idempotency key or request id"
+        )),
+        L::Undecodable { .. } => Status::data_loss(e.to_string()),
+        L::Forbidden { .. } => Status::permission_denied(e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "log error");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+/// The gRPC status of a decide-append loop that did not finish
+/// ([`crate::reconcile::Failure`]): a case that cannot be decided is
+/// `FAILED_PRECONDITION`, a transient failure `UNAVAILABLE`.
+pub fn failure_status(f: &crate::reconcile::Failure) -> tonic::Status {
+    use crate::reconcile::Failure;
+    match f {
+        Failure::Park(why) => {
+            tonic::Status::failed_precondition(format!("the case cannot be decided: {why}"))
+        }
+        Failure::Retry(why) => tonic::Status::unavailable(format!(
+            "{why}; retry with the same idempotency key or request id"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,50 +245,5 @@ mod tests {
             !serving.drained(Duration::from_millis(500)).await,
             "the server waited for the call in flight, to the end of the grace"
         );
-    }
-}
-
-/// The one mapping from the log's errors to gRPC statuses, shared by every
-/// service's API: someone else writing first, or the broker out of reach
-/// or out of resources, is `UNAVAILABLE` (retry with the same idempotency
-/// key or request id: nothing is duplicated); bad input is
-/// `INVALID_ARGUMENT`; stored data that cannot be read is `DATA_LOSS`; the
-/// rest is `INTERNAL`.
-pub fn log_status(e: &casework_caselog::Error) -> tonic::Status {
-    use casework_caselog::Error as L;
-    use tonic::Status;
-    match e {
-        L::Invalid(_) | L::Misuse(_) => Status::invalid_argument(e.to_string()),
-        L::Conflict { .. } | L::Unavailable(_) | L::Nats(_) => Status::unavailable(format!(
-            "{e}; retry with the same idempotency key or request id"
-        )),
-        // 10047: insufficient resources (the broker's storage is full);
-        // 10077/10078: the stream is at its limits.
-        L::Rejected { code, .. } if matches!(code, 10047 | 10077 | 10078) => {
-            Status::unavailable(format!(
-                "{e}: the broker cannot store more now; retry later with the same idempotency key or request id"
-            ))
-        }
-        L::Undecodable { .. } => Status::data_loss(e.to_string()),
-        L::Forbidden { .. } => Status::permission_denied(e.to_string()),
-        _ => {
-            tracing::error!(error = %e, "log error");
-            Status::internal(e.to_string())
-        }
-    }
-}
-
-/// The gRPC status of a decide-append loop that did not finish
-/// ([`crate::reconcile::Failure`]): a case that cannot be decided is
-/// `FAILED_PRECONDITION`, a transient failure `UNAVAILABLE`.
-pub fn failure_status(f: &crate::reconcile::Failure) -> tonic::Status {
-    use crate::reconcile::Failure;
-    match f {
-        Failure::Park(why) => {
-            tonic::Status::failed_precondition(format!("the case cannot be decided: {why}"))
-        }
-        Failure::Retry(why) => tonic::Status::unavailable(format!(
-            "{why}; retry with the same idempotency key or request id"
-        )),
     }
 }

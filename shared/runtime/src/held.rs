@@ -345,7 +345,7 @@ mod tests {
         /// The rule under test (a pure function of the state): append one
         /// event while the case's length is not a multiple of five.
         fn rule(s: &Seen) -> bool {
-            s.0.len() % 5 != 0 || s.0.is_empty()
+            !s.0.len().is_multiple_of(5) || s.0.is_empty()
         }
 
         proptest! {

@@ -258,6 +258,15 @@ impl World {
         case
     }
 
+    /// A log writing as `writer` (recovery's side of a case, or a
+    /// fulfilment replica that died part-way through a decision).
+    pub async fn log_as(&self, writer: Writer, instance: &str) -> JetStreamLog {
+        let client = casework_runtime::nats::connect(&settings(&self.nats.url()), instance)
+            .await
+            .unwrap();
+        JetStreamLog::new(client, instance, Some(writer))
+    }
+
     pub async fn events(&self, case: &CaseKey) -> Vec<StoredEvent> {
         self.reader.read(case, 0).await.unwrap()
     }
