@@ -137,8 +137,13 @@ impl<S: Fold> CaseCache<S> {
         self.entries.lock().expect("case cache").pop(case)
     }
 
-    /// Holds `held` as `case`'s state.
+    /// Holds `held` as `case`'s state. A case with no events is not held
+    /// (a request naming a case that does not exist must not evict one
+    /// that does).
     pub fn put(&self, case: &CaseKey, held: Held<S>) {
+        if held.head.is_none() {
+            return;
+        }
         let mut m = self.entries.lock().expect("case cache");
         m.put(case.clone(), held);
         metrics::gauge!("casework_cases_held", "service" => self.service).set(m.len() as f64);
