@@ -51,17 +51,13 @@ impl From<Refusal> for Error {
 
 /// The one mapping from errors to gRPC status codes.
 pub fn to_status(e: Error) -> tonic::Status {
-    use casework_caselog::Error as L;
     match e {
         Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
         Error::NotFound(m) => tonic::Status::not_found(m),
         Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
         e @ Error::Undecidable(_) => tonic::Status::failed_precondition(e.to_string()),
-        Error::Log(L::Invalid(e)) => tonic::Status::invalid_argument(e.to_string()),
-        Error::Log(e @ (L::Conflict { .. } | L::Unavailable(_) | L::Nats(_))) => {
-            tonic::Status::unavailable(e.to_string())
-        }
-        Error::Log(e) => tonic::Status::internal(e.to_string()),
+        // The one mapping of log errors, shared by every service.
+        Error::Log(e) => casework_runtime::grpc::log_status(&e),
         Error::Unavailable(m) => tonic::Status::unavailable(m),
     }
 }

@@ -26,6 +26,12 @@ pub enum Error {
     /// A bug or a broken store.
     #[error("{0}")]
     Internal(String),
+    /// The per-case log failed (mapped by the runtime's one mapping).
+    #[error(transparent)]
+    Log(#[from] casework_caselog::Error),
+    /// The decide-append loop did not finish.
+    #[error("{0:?}")]
+    Failed(Failure),
 }
 
 /// Result alias with the service's error.
@@ -33,23 +39,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Failure> for Error {
     fn from(f: Failure) -> Self {
-        match f {
-            Failure::Retry(m) => Error::Unavailable(m),
-            Failure::Park(m) => Error::Internal(m),
-        }
-    }
-}
-
-impl From<casework_caselog::Error> for Error {
-    fn from(e: casework_caselog::Error) -> Self {
-        match e {
-            casework_caselog::Error::Invalid(e) => Error::InvalidArgument {
-                field: "request",
-                why: e.to_string(),
-            },
-            casework_caselog::Error::Unavailable(m) => Error::Unavailable(m),
-            other => Error::Internal(other.to_string()),
-        }
+        Error::Failed(f)
     }
 }
 
@@ -62,5 +52,7 @@ pub fn to_status(e: Error) -> tonic::Status {
         Error::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
         Error::Unavailable(_) => tonic::Status::unavailable(msg),
         Error::Internal(_) => tonic::Status::internal(msg),
+        Error::Log(e) => casework_runtime::grpc::log_status(&e),
+        Error::Failed(f) => casework_runtime::grpc::failure_status(&f),
     }
 }

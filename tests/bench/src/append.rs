@@ -97,7 +97,7 @@ fn raw_headers(case: &CaseKey, id: &str, i: usize) -> HeaderMap {
 }
 
 /// The same workload as bare JetStream publishes with the same headers
-/// (message id, expected last subject sequence, batch headers, CloudEvents,
+/// (message id, expected last subject sequence, CloudEvents,
 /// traceparent) and payloads of the same size, without sealing or hashing.
 async fn via_raw(
     client: async_nats::Client,
@@ -120,35 +120,20 @@ async fn via_raw(
                 let mut last = 0u64;
                 let mut lat = Vec::with_capacity(per_task);
                 for i in 0..per_task {
-                    let batch_id = ulid::Ulid::new().to_string();
                     let t = Instant::now();
+                    // One event per append, each on the sequence the
+                    // previous one returned (as the log does).
                     for j in 0..events {
                         let id = ulid::Ulid::new().to_string();
                         let mut h = raw_headers(&case, &id, i * events + j);
-                        if j == 0 {
-                            h.insert(
-                                "Nats-Expected-Last-Subject-Sequence",
-                                last.to_string().as_str(),
-                            );
-                            h.insert(
-                                "Nats-Expected-Last-Subject-Sequence-Subject",
-                                filter.as_str(),
-                            );
-                        }
-                        if events > 1 {
-                            h.insert("Nats-Batch-Id", batch_id.as_str());
-                            h.insert("Nats-Batch-Sequence", (j + 1).to_string().as_str());
-                        }
-                        if j + 1 < events {
-                            client
-                                .publish_with_headers(subject.clone(), h, payload.clone())
-                                .await
-                                .expect("raw publish");
-                            continue;
-                        }
-                        if events > 1 {
-                            h.insert("Nats-Batch-Commit", "1");
-                        }
+                        h.insert(
+                            "Nats-Expected-Last-Subject-Sequence",
+                            last.to_string().as_str(),
+                        );
+                        h.insert(
+                            "Nats-Expected-Last-Subject-Sequence-Subject",
+                            filter.as_str(),
+                        );
                         let reply = client
                             .request_with_headers(subject.clone(), h, payload.clone())
                             .await

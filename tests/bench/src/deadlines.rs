@@ -4,11 +4,8 @@
 //!
 //! 1. *Pending*: 100,000 cases (`CASEWORK_BENCH_SCALE` scales it) are
 //!    created directly in the log by many concurrent appenders, with
-//!    deadlines two hours away: `case_opened` then `promise_made`, as two
-//!    single appends (the events intake writes, but not its atomic batch:
-//!    a batch costs the broker about 5 ms of staging, serialised per
-//!    stream, which would make this setup alone take a quarter of an hour;
-//!    recovery sees the same log either way). Recovery schedules one durable timer per promise; once the
+//!    deadlines two hours away: `case_opened` then `promise_made`, one
+//!    append each, as intake writes them. Recovery schedules one durable timer per promise; once the
 //!    `TIMERS` stream holds one schedule per case, the memory of this
 //!    process (recovery plus the harness) and of nats-server is read.
 //! 2. *Measured*: 2,000 more cases (scaled) whose deadlines fall at a
@@ -89,22 +86,12 @@ fn opening(case: &CaseKey, deadline: DateTime<Utc>) -> Vec<NewEvent> {
     ]
 }
 
-/// How a bench case's two opening events are appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Opening {
-    /// One atomic batch, as intake appends them.
-    Atomic,
-    /// Two single appends, the second guarded by the first's head.
-    Split,
-}
-
 /// Creates `n` cases with `concurrency` appenders; case `i` is due at
 /// `deadline(i)`. Returns the case ids with their deadlines when `keep`.
 async fn create(
     intake: Arc<JetStreamLog>,
     n: usize,
     concurrency: usize,
-    how: Opening,
     keep: bool,
     deadline: impl Fn(usize) -> DateTime<Utc> + Send + Sync + 'static,
 ) -> HashMap<String, DateTime<Utc>> {
@@ -126,26 +113,12 @@ async fn create(
                     };
                     let due = deadline(i);
                     let events = opening(&case, due);
-                    match how {
-                        Opening::Atomic => {
-                            intake
-                                .append(&case, None, events)
-                                .await
-                                .expect("open a bench case");
-                        }
-                        Opening::Split => {
-                            let mut head = None;
-                            for e in events {
-                                head = Some(
-                                    intake
-                                        .append(&case, head.as_ref(), vec![e])
-                                        .await
-                                        .expect("open a bench case")
-                                        .head,
-                                );
-                            }
-                        }
-                    }
+                    // case_opened then promise_made, one append each, as
+                    // intake appends them.
+                    intake
+                        .append(&case, None, events)
+                        .await
+                        .expect("open a bench case");
                     if keep {
                         mine.push((case.case_id.to_string(), due));
                     }
@@ -254,7 +227,6 @@ pub async fn deadlines() {
         intake.clone(),
         pending_n,
         BULK_CONCURRENCY,
-        Opening::Split,
         false,
         move |_| far,
     )
@@ -268,8 +240,8 @@ pub async fn deadlines() {
 
     // 2. The measured deadlines, falling due at a steady rate from `base`,
     // which leaves time to create and schedule them all first.
-    // (Atomic batches open about 200 cases per second here: give it 20 ms
-    // per measured case, plus 20 s; the report says if that was enough.)
+    // (Give it 20 ms per measured case, plus 20 s; the report says if that
+    // was enough.)
     let lead = Duration::from_secs(20 + (measured_n / 50) as u64);
     let from = reader.last_stream_seq().await.expect("last seq") + 1;
     let mut tail = reader
@@ -278,14 +250,9 @@ pub async fn deadlines() {
         .expect("tail");
     let base = Utc::now() + chrono::Duration::from_std(lead).expect("lead");
     let step = chrono::Duration::from_std(window).expect("window") / measured_n as i32;
-    let deadlines = create(
-        intake.clone(),
-        measured_n,
-        CONCURRENCY,
-        Opening::Atomic,
-        true,
-        move |i| base + step * i as i32,
-    )
+    let deadlines = create(intake.clone(), measured_n, CONCURRENCY, true, move |i| {
+        base + step * i as i32
+    })
     .await;
     let timers_measured = wait_for_timers(
         &js,
@@ -364,7 +331,7 @@ pub async fn deadlines() {
         "create_pending_s": create_s.round(),
         "all_pending_scheduled_after_s": scheduled_s.round(),
         "bulk_concurrency": BULK_CONCURRENCY,
-        "pending_opening": "two single appends per case (measured cases: one atomic batch, as intake)",
+        "opening": "case_opened then promise_made, one append each, as intake",
         "measured": measured_n,
         "deadline_rate_per_s": RATE_PER_S,
         "window_s": window.as_secs_f64(),

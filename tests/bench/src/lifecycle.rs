@@ -271,6 +271,12 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
         .and_then(memory_of)
         .map(|m| round(m.peak_mib));
     obj.insert("peak_mib_nats_server".into(), serde_json::json!(nats_peak));
+    // Timers don't outlive their case: with every case closed, TIMERS holds
+    // only the tombstones of the last second (they expire after 1 s).
+    obj.insert(
+        "timers_messages_after".into(),
+        serde_json::json!(timers_messages(log.client()).await),
+    );
     print("lifecycle", concurrency, latencies, n, elapsed, extra);
 
     watcher.abort();
@@ -282,6 +288,23 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
 /// `lifecycle-raw`.
 pub(crate) fn points() -> [(usize, usize); 2] {
     [(1, scaled(50).max(1)), (64, scaled(1000).max(64))]
+}
+
+/// How many messages TIMERS holds once the tombstones of the cases just
+/// closed have expired (polled for up to 5 s until it is 0).
+async fn timers_messages(client: &async_nats::Client) -> Option<u64> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut last = None;
+    for _ in 0..20 {
+        let mut s = js.get_stream(casework_caselog::TIMERS_STREAM).await.ok()?;
+        let n = s.info().await.ok()?.state.messages;
+        last = Some(n);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    last
 }
 
 /// Runs the four results, each right after its `lifecycle-raw` twin (same
