@@ -177,13 +177,7 @@ pub trait CaseLog: Send + Sync + std::fmt::Debug + 'static {
             head = Some(a.head.clone());
             out = Some(match out {
                 None => a,
-                Some(mut acc) => {
-                    acc.head = a.head;
-                    acc.already &= a.already;
-                    acc.own &= a.own;
-                    acc.events.extend(a.events);
-                    acc
-                }
+                Some(acc) => acc.then(a),
             });
         }
         Ok(out.expect("at least one event"))

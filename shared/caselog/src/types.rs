@@ -144,6 +144,16 @@ impl Appended {
     pub fn fresh(&self) -> bool {
         !self.already
     }
+
+    /// This append followed by `next` (the following event of the same
+    /// decision), as one outcome.
+    pub fn then(mut self, next: Appended) -> Appended {
+        self.head = next.head;
+        self.already &= next.already;
+        self.own &= next.own;
+        self.events.extend(next.events);
+        self
+    }
 }
 
 pub(crate) type MemoryAck = Arc<dyn Fn(AckKind) + Send + Sync>;

@@ -158,22 +158,13 @@ pub async fn append_in_order(
         head = Some(a.head.clone());
         out = Some(match out {
             None => a,
-            Some(acc) => merge(acc, a),
+            Some(acc) => acc.then(a),
         });
         if i + 1 < n {
             crash_point(event_type.as_str());
         }
     }
     out.ok_or_else(|| LogError::Misuse(format!("an append to {case} needs at least one event")))
-}
-
-/// Two appends of one decision as one outcome.
-fn merge(mut acc: Appended, a: Appended) -> Appended {
-    acc.head = a.head;
-    acc.already &= a.already;
-    acc.own &= a.own;
-    acc.events.extend(a.events);
-    acc
 }
 
 /// Most decisions (and conflicts in a row) in one [`decide_and_append`].
@@ -253,7 +244,7 @@ where
                     held.extend(&a.events);
                     landed = Some(match landed {
                         None => a,
-                        Some(acc) => merge(acc, a),
+                        Some(acc) => acc.then(a),
                     });
                     if i + 1 < n {
                         crash_point(event_type.as_str());

@@ -89,18 +89,8 @@ impl Timers {
         if let Some(tp) = casework_telemetry::current_traceparent() {
             h.insert("traceparent", tp.as_str());
         }
-        let reply = self
-            .client
-            .request_with_headers(subject, h, bytes::Bytes::new())
+        self.publish(subject, h, &format!("scheduling {kind} timer of {case}"))
             .await
-            .map_err(|e| anyhow::anyhow!("scheduling {kind} timer of {case}: {e}"))?;
-        let v: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| {
-            anyhow::anyhow!("scheduling {kind} timer of {case}: unreadable reply ({e})")
-        })?;
-        if let Some(err) = v.get("error") {
-            anyhow::bail!("scheduling {kind} timer of {case}: {err}");
-        }
-        Ok(())
     }
 
     /// Removes the `kind` timer of `case` (its case is closed): a pending
@@ -118,17 +108,24 @@ impl Timers {
             h.insert("Nats-Rollup", "sub");
             h.insert("Nats-TTL", TOMBSTONE_TTL);
             h.insert(CANCELLED_HEADER, "cancelled");
-            let reply = self
-                .client
-                .request_with_headers(subject, h, bytes::Bytes::new())
-                .await
-                .map_err(|e| anyhow::anyhow!("cancelling {kind} timer of {case}: {e}"))?;
-            let v: serde_json::Value = serde_json::from_slice(&reply.payload).map_err(|e| {
-                anyhow::anyhow!("cancelling {kind} timer of {case}: unreadable reply ({e})")
-            })?;
-            if let Some(err) = v.get("error") {
-                anyhow::bail!("cancelling {kind} timer of {case}: {err}");
-            }
+            self.publish(subject, h, &format!("cancelling {kind} timer of {case}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes an empty message with `headers` to `subject` on TIMERS and
+    /// waits for the stream's ack; `what` names the operation in errors.
+    async fn publish(&self, subject: String, headers: HeaderMap, what: &str) -> anyhow::Result<()> {
+        let reply = self
+            .client
+            .request_with_headers(subject, headers, bytes::Bytes::new())
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| anyhow::anyhow!("{what}: unreadable reply ({e})"))?;
+        if let Some(err) = v.get("error") {
+            anyhow::bail!("{what}: {err}");
         }
         Ok(())
     }

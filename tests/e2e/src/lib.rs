@@ -314,6 +314,20 @@ impl System {
         sys
     }
 
+    /// A log client with the operator's rights (reads every case), to
+    /// check invariants on the raw stream.
+    pub async fn admin_log(&self) -> casework_caselog::JetStreamLog {
+        let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
+            url: self.nats.url(),
+            user: Some("admin".into()),
+            password: Some("pw-admin".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("admin connects");
+        casework_caselog::JetStreamLog::new(client, "e2e-admin", None)
+    }
+
     /// A service by name.
     pub fn service(&mut self, name: &str) -> &mut ServiceProc {
         self.services.get_mut(name).expect("known service")

@@ -87,18 +87,6 @@ async fn open_once(intake: &str, key: &str, service: &str) -> Result<String, Str
     Ok(r.into_inner().case_id)
 }
 
-async fn admin_log(sys: &System) -> JetStreamLog {
-    let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
-        url: sys.nats.url(),
-        user: Some("admin".into()),
-        password: Some("pw-admin".into()),
-        ..Default::default()
-    })
-    .await
-    .expect("admin connects");
-    JetStreamLog::new(client, "e2e-crash-admin", None)
-}
-
 /// Waits until `case` holds an event of `event_type`.
 async fn wait_for_event(log: &JetStreamLog, case: &CaseKey, event_type: &str, timeout: Duration) {
     eventually_explained(
@@ -207,7 +195,7 @@ async fn a_writer_killed_between_two_events_of_a_decision_is_healed_by_deciding_
     })
     .await
     .expect("system starts");
-    let log = admin_log(&sys).await;
+    let log = sys.admin_log().await;
     let intake = sys.services["intake"].grpc_url();
 
     // OpenCase: intake dies after case_opened; the client's call fails.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use casework_caselog::domain::pb::envelope::Payload;
 use casework_caselog::domain::{CaseState, verify};
-use casework_caselog::{CaseKey, CaseLog, JetStreamLog};
+use casework_caselog::{CaseKey, CaseLog};
 use casework_e2e::System;
 use casework_proto::events::v1 as pb;
 use casework_proto::fulfilment::v1 as fapi;
@@ -173,21 +173,9 @@ async fn worker(url: String, stop: Arc<AtomicBool>) {
     }
 }
 
-async fn admin_log(sys: &System) -> JetStreamLog {
-    let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
-        url: sys.nats.url(),
-        user: Some("admin".into()),
-        password: Some("pw-admin".into()),
-        ..Default::default()
-    })
-    .await
-    .expect("admin connects");
-    JetStreamLog::new(client, "e2e-admin", None)
-}
-
 /// The states of `cases` (read with admin rights).
 async fn states(sys: &System, cases: &[CaseKey]) -> Vec<CaseState> {
-    let log = admin_log(sys).await;
+    let log = sys.admin_log().await;
     let mut out = Vec::new();
     for c in cases {
         let events = log.read(c, 0).await.unwrap_or_default();
@@ -283,7 +271,7 @@ async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
     stop.store(true, Ordering::Relaxed);
     let _ = w.await;
 
-    let log = admin_log(&sys).await;
+    let log = sys.admin_log().await;
     let mut resolutions = BTreeMap::new();
     for c in &cases {
         let events = log.read(c, 0).await.unwrap();
