@@ -131,9 +131,30 @@ pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
     } else if let (Some(u), Some(p)) = (&opts.user, &opts.password) {
         c = c.user_and_password(u.clone(), p.clone());
     }
-    c.connect(opts.url.as_str())
+    c.connect(server_addrs(&opts.url)?.as_slice())
         .await
         .map_err(|e| Error::Nats(format!("connecting to {}: {e}", opts.url)))
+}
+
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`):
+/// async-nats parses a single `&str` as one address, so a cluster's list is
+/// split here and every node given to the client (it fails over between them).
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| Error::Nats(format!("NATS server URL {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()
+        .and_then(|v| {
+            if v.is_empty() {
+                Err(Error::Nats(format!("no NATS server URL in {urls:?}")))
+            } else {
+                Ok(v)
+            }
+        })
 }
 
 /// Parses `major.minor.patch` (ignoring any `-suffix`).
@@ -242,6 +263,92 @@ fn missing_capabilities(want: &stream::Config, got: &stream::Config) -> Vec<&'st
     missing
 }
 
+/// How long a starting service waits for JetStream to answer about its
+/// streams: a cluster that is still electing its meta leader, or a stream
+/// that another service is creating at the same moment (its leader not yet
+/// chosen), leaves requests unanswered for a few seconds, and exiting then
+/// would only make the supervisor restart us into the same wait.
+pub const STREAM_SETUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One stream's configuration as the server holds it, creating the stream
+/// when it is missing (`true` when this call created it). Requests that go
+/// unanswered, and a cluster that says it is not ready, are retried with
+/// backoff for [`STREAM_SETUP_PATIENCE`]; every other refusal is final.
+async fn lookup_or_create(
+    js: &jetstream::Context,
+    want: &stream::Config,
+    version: &str,
+) -> Result<(stream::Config, bool)> {
+    use jetstream::ErrorCode;
+    use jetstream::context::CreateStreamErrorKind as C;
+    use jetstream::context::GetStreamErrorKind as K;
+    let not_ready = |c: ErrorCode| {
+        [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_ACTIVE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+            ErrorCode::CLUSTER_INCOMPLETE,
+            ErrorCode::CLUSTER_NO_PEERS,
+        ]
+        .contains(&c)
+    };
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let transient = match js.get_stream(&want.name).await {
+            Ok(s) => return Ok((s.cached_info().config.clone(), false)),
+            Err(e) => match e.kind() {
+                K::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    match js.create_stream(want.clone()).await {
+                        Ok(s) => return Ok((s.cached_info().config.clone(), true)),
+                        Err(ce) => match ce.kind() {
+                            C::TimedOut | C::JetStreamUnavailable => {
+                                format!("creating stream {}: {ce}", want.name)
+                            }
+                            C::JetStream(je) if not_ready(je.error_code()) => {
+                                format!("creating stream {}: {ce}", want.name)
+                            }
+                            _ => {
+                                return Err(Error::Nats(format!(
+                                    "creating stream {}: {ce}",
+                                    want.name
+                                )));
+                            }
+                        },
+                    }
+                }
+                K::JetStream(je)
+                    if je.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED
+                        || je.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
+                {
+                    return Err(Error::Unsupported {
+                        server_version: version.to_owned(),
+                        missing: "JetStream (start the server with -js or a jetstream block)"
+                            .to_owned(),
+                    });
+                }
+                K::JetStream(je) if not_ready(je.error_code()) => {
+                    format!("looking up stream {}: {e}", want.name)
+                }
+                K::Request => format!("looking up stream {}: {e}", want.name),
+                _ => {
+                    return Err(Error::Nats(format!("looking up stream {}: {e}", want.name)));
+                }
+            },
+        };
+        if started.elapsed() + pause > STREAM_SETUP_PATIENCE {
+            return Err(Error::Nats(format!(
+                "{transient}; JetStream did not answer within {}s (is JetStream enabled on \
+                 the server, and does its cluster have a leader?)",
+                STREAM_SETUP_PATIENCE.as_secs()
+            )));
+        }
+        tracing::warn!(stream = %want.name, error = %transient, "JetStream not ready; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Creates the streams, or checks existing ones, and refuses a server that
 /// lacks what Casework relies on.
 pub async fn ensure_streams(client: &async_nats::Client, opts: &StreamOptions) -> Result<()> {
@@ -249,36 +356,7 @@ pub async fn ensure_streams(client: &async_nats::Client, opts: &StreamOptions) -
     check_server_version(&version)?;
     let js = jetstream::new(client.clone());
     for want in [cases_stream_config(opts), timers_stream_config(opts)] {
-        use jetstream::ErrorCode;
-        use jetstream::context::GetStreamErrorKind as K;
-        let (got, created) = match js.get_stream(&want.name).await {
-            Ok(s) => (s.cached_info().config.clone(), false),
-            Err(e) => match e.kind() {
-                K::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND => {
-                    let s = js
-                        .create_stream(want.clone())
-                        .await
-                        .map_err(|e| Error::Nats(format!("creating stream {}: {e}", want.name)))?;
-                    (s.cached_info().config.clone(), true)
-                }
-                K::JetStream(je)
-                    if je.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED
-                        || je.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
-                {
-                    return Err(Error::Unsupported {
-                        server_version: version.clone(),
-                        missing: "JetStream (start the server with -js or a jetstream block)"
-                            .to_owned(),
-                    });
-                }
-                _ => {
-                    return Err(Error::Nats(format!(
-                        "looking up stream {}: {e} (is JetStream enabled on the server?)",
-                        want.name
-                    )));
-                }
-            },
-        };
+        let (got, created) = lookup_or_create(&js, &want, &version).await?;
         let missing = missing_capabilities(&want, &got);
         if !missing.is_empty() {
             return Err(if created {
@@ -939,6 +1017,17 @@ mod tests {
             assert!(matches!(e, Error::Unsupported { .. }), "{old}");
             assert!(e.to_string().contains(old), "names the version: {e}");
         }
+    }
+
+    #[test]
+    fn a_comma_separated_list_gives_every_server() {
+        let addrs = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,").unwrap();
+        let ports: Vec<u16> = addrs.iter().map(async_nats::ServerAddr::port).collect();
+        assert_eq!(ports, vec![4222, 4223]);
+        assert_eq!(server_addrs("nats://h:1").unwrap().len(), 1);
+        let e = server_addrs("nats://h:notaport").unwrap_err().to_string();
+        assert!(e.contains("nats://h:notaport"), "names the bad URL: {e}");
+        assert!(server_addrs(" , ").is_err());
     }
 
     #[test]

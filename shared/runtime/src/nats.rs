@@ -50,7 +50,7 @@ async fn connect_only(settings: &NatsSettings, name: &str) -> anyhow::Result<asy
         if let Some(creds) = &settings.creds_file {
             c = c.credentials_file(creds).await?;
         }
-        c.connect(settings.url.as_str())
+        c.connect(jetstream::server_addrs(&settings.url)?.as_slice())
             .await
             .map_err(|e| anyhow::anyhow!("connecting to {} over TLS: {e}", settings.url))?
     } else {

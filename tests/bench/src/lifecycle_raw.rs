@@ -10,7 +10,7 @@
 //!
 //! - "intake" (the client's OpenCase): `case_opened`, `promise_made`;
 //! - "fulfilment", woken by `promise_made` on its durable pull consumer
-//!   (filter `case.>`, like the service): `fulfilment_started`, then
+//!   (the service's filters, `promise_made` and `retry_requested`): `fulfilment_started`, then
 //!   `step_started`/`step_completed` ×3 interleaved, then `promise_kept` —
 //!   8 appends in one reaction, each on the head the previous produced (the
 //!   service holds the state in memory and does the same);
@@ -88,33 +88,86 @@ pub fn new_case_id() -> String {
     ulid::Ulid::new().to_string()
 }
 
-/// Starts a nats-server configured as the e2e system's (its users and
+/// The broker of one raw result: a single nats-server, or the nodes of a
+/// JetStream cluster on loopback.
+pub struct Broker {
+    /// The nodes (one for a single server).
+    pub nodes: Vec<NatsServer>,
+}
+
+impl Broker {
+    /// Every node's client URL, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Starts `nodes` nats-servers (one: a single server; more: a JetStream
+/// cluster on loopback) configured as the e2e system's (its users and
 /// permissions, `sync_always` or the default schedule), off the async
-/// workers, and creates `CASES` from the project's configuration. Returns
-/// the server and an admin connection.
-pub async fn start_broker(sync_always: bool) -> (NatsServer, async_nats::Client) {
-    let server = tokio::task::spawn_blocking(move || {
-        NatsServer::start_configured(&nats_users(), sync_always)
+/// workers, and creates `CASES` from the project's configuration with
+/// `nodes` replicas. Returns the broker and an admin connection.
+pub async fn start_broker(sync_always: bool, nodes: usize) -> (Broker, async_nats::Client) {
+    let broker = tokio::task::spawn_blocking(move || Broker {
+        nodes: if nodes == 1 {
+            vec![NatsServer::start_configured(&nats_users(), sync_always)]
+        } else {
+            casework_testkit::NatsCluster::start(nodes, &nats_users(), sync_always).nodes
+        },
     })
     .await
     .expect("nats-server starts");
-    let admin = connect(&server, "admin").await;
+    let admin = connect(&broker.urls(), "admin").await;
     jetstream::new(admin.clone())
-        .create_stream(cases_stream_config(&StreamOptions::default()))
+        .create_stream(cases_stream_config(&StreamOptions {
+            replicas: nodes,
+            ..Default::default()
+        }))
         .await
         .expect("create the CASES stream");
-    (server, admin)
+    (broker, admin)
 }
 
-/// Connects to `server` as `user` (password `pw-<user>`, as the e2e users).
-pub async fn connect(server: &NatsServer, user: &str) -> async_nats::Client {
+/// Connects to `urls` as `user` (password `pw-<user>`, as the e2e users).
+pub async fn connect(urls: &str, user: &str) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .name(format!("bench-raw-{user}"))
         .user_and_password(user.to_owned(), format!("pw-{user}"))
         .request_timeout(Some(REQUEST_TIMEOUT))
-        .connect(server.url())
+        .connect(
+            casework_caselog::jetstream::server_addrs(urls)
+                .expect("bench URLs")
+                .as_slice(),
+        )
         .await
         .unwrap_or_else(|e| panic!("connect to the bench nats-server as {user}: {e}"))
+}
+
+/// Messages into and out of the broker so far (summed over its nodes,
+/// from `/varz`: client, route and JetStream-internal traffic).
+pub fn broker_msgs(nodes: &[&NatsServer]) -> (u64, u64) {
+    nodes.iter().fold((0, 0), |(i, o), n| {
+        let varz: serde_json::Value = n
+            .monitor("/varz")
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default();
+        let get = |k: &str| varz.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        (i + get("in_msgs"), o + get("out_msgs"))
+    })
+}
+
+/// The broker's messages per case over a measured run, from the counts
+/// before and after it: `{"broker_in_msgs_per_case", "broker_out_msgs_per_case"}`.
+pub fn msgs_per_case(before: (u64, u64), after: (u64, u64), cases: usize) -> serde_json::Value {
+    let per = |a: u64, b: u64| ((a.saturating_sub(b)) as f64 / cases as f64 * 10.0).round() / 10.0;
+    serde_json::json!({
+        "broker_in_msgs_per_case": per(after.0, before.0),
+        "broker_out_msgs_per_case": per(after.1, before.1),
+    })
 }
 
 /// The headers of one raw event: its id, its two append guards, and the
@@ -256,9 +309,15 @@ async fn drain_tail(client: async_nats::Client, filter: &'static str) {
 }
 
 /// Fulfilment: on `promise_made`, its 8 appends, each on the head the
-/// previous produced; every other delivery is acknowledged at once.
+/// previous produced; every other delivery (the service's other wake
+/// filter, `retry_requested`, never comes here) is acknowledged at once.
 async fn fulfilment(client: async_nats::Client, payload: bytes::Bytes) {
-    let consumer = durable(&client, "fulfilment", &["case.>"]).await;
+    let consumer = durable(
+        &client,
+        casework_fulfilment::WAKE_CONSUMER,
+        &casework_fulfilment::WAKE_FILTERS,
+    )
+    .await;
     let mut msgs = consumer.messages().await.expect("fulfilment messages");
     while let Some(Ok(m)) = msgs.next().await {
         let (case_id, ty) = case_and_type(m.subject.as_str());
@@ -402,13 +461,14 @@ async fn drive(
 }
 
 /// One result line: a fresh broker, a warm-up, `n` cases at `concurrency`.
-pub async fn run(sync_always: bool, concurrency: usize, n: usize) {
-    let (server, _admin) = start_broker(sync_always).await;
+pub async fn run(sync_always: bool, nodes: usize, concurrency: usize, n: usize) {
+    let (broker, _admin) = start_broker(sync_always, nodes).await;
+    let urls = broker.urls();
     // One connection per service, shared by its consumers and appends.
-    let intake = connect(&server, "intake").await;
-    let fulfilment_nc = connect(&server, "fulfilment").await;
-    let recovery_nc = connect(&server, "recovery").await;
-    let ledger_nc = connect(&server, "ledger").await;
+    let intake = connect(&urls, "intake").await;
+    let fulfilment_nc = connect(&urls, "fulfilment").await;
+    let recovery_nc = connect(&urls, "recovery").await;
+    let ledger_nc = connect(&urls, "ledger").await;
     let waiters: Waiters = Arc::default();
     let mut services = JoinSet::new();
     services.spawn(fulfilment(fulfilment_nc.clone(), payload()));
@@ -421,40 +481,56 @@ pub async fn run(sync_always: bool, concurrency: usize, n: usize) {
 
     let warmup = WARMUP_CASES.max(concurrency.min(64));
     drive(&intake, &waiters, warmup, concurrency.min(warmup)).await;
+    let nodes_ref: Vec<&NatsServer> = broker.nodes.iter().collect();
+    let before = broker_msgs(&nodes_ref);
     let (latencies, elapsed) = drive(&intake, &waiters, n, concurrency).await;
+    let after = broker_msgs(&nodes_ref);
 
-    let nats_peak = server
-        .pid()
-        .and_then(memory_of)
-        .map(|m| (m.peak_mib * 10.0).round() / 10.0);
+    let nats_peak = peak_of(&nodes_ref);
     let sync = if sync_always { "always" } else { "default" };
-    print(
-        "lifecycle-raw",
-        concurrency,
-        latencies,
-        n,
-        elapsed,
-        serde_json::json!({
+    let mut extra = serde_json::json!({
             "sync_interval": sync,
+            "nats_nodes": nodes,
             "unit": "cases",
             "appends_per_case": APPENDS_PER_CASE,
             "payload_bytes": PAYLOAD_BYTES,
             "atomic_batches": false,
-            "durable_consumers": ["fulfilment (case.>)", "intake-closer", "recovery-triggers"],
+            "durable_consumers": ["fulfilment-wake", "intake-closer", "recovery-triggers"],
             "ordered_tails": ["ledger", "intake read model", "fulfilment board", "recovery views"],
             "warmup_cases": warmup,
             "peak_mib_nats_server": nats_peak,
-        }),
-    );
+    });
+    if let (Some(obj), serde_json::Value::Object(m)) =
+        (extra.as_object_mut(), msgs_per_case(before, after, n))
+    {
+        obj.extend(m);
+    }
+    print("lifecycle-raw", concurrency, latencies, n, elapsed, extra);
     services.shutdown().await;
-    drop(server);
+    drop(broker);
+}
+
+/// The highest peak memory (VmHWM, MiB) of the broker's nodes.
+pub fn peak_of(nodes: &[&NatsServer]) -> Option<f64> {
+    nodes
+        .iter()
+        .filter_map(|n| n.pid().and_then(memory_of))
+        .map(|m| (m.peak_mib * 10.0).round() / 10.0)
+        .reduce(f64::max)
 }
 
 /// The four results alone (`lifecycle` runs each before its own).
 pub async fn lifecycle_raw() {
     for sync_always in [false, true] {
         for (concurrency, n) in points() {
-            run(sync_always, concurrency, n).await;
+            run(sync_always, 1, concurrency, n).await;
         }
     }
+    for (concurrency, n) in points() {
+        run(true, CLUSTER_NODES, concurrency, n).await;
+    }
 }
+
+/// Nodes of the loopback cluster that `lifecycle` and `lifecycle-raw` also
+/// run on (R3 streams, `sync_interval: always`: the production topology).
+pub const CLUSTER_NODES: usize = 3;

@@ -213,9 +213,9 @@ pub async fn long_case() {
         .await
         .expect("gRPC connects");
 
-    let (raw_server, _raw_admin) = lifecycle_raw::start_broker(false).await;
+    let (raw_server, _raw_admin) = lifecycle_raw::start_broker(false, 1).await;
     let mut raw = RawCase {
-        client: lifecycle_raw::connect(&raw_server, "intake").await,
+        client: lifecycle_raw::connect(&raw_server.urls(), "intake").await,
         payload: lifecycle_raw::payload(),
         case_id: lifecycle_raw::new_case_id(),
         head: 0,

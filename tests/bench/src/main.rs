@@ -38,6 +38,7 @@ async fn main() -> ExitCode {
                replay-ledger  one 10,000-event case: archive rebuild from the stream, ReplayCase and GetHistory events/s\n  \
                lifecycle  whole cases/s and open-to-closed latency, the four services as release processes, 1 and 64 in flight, sync default/always, peak memory;\n           \
                         each result preceded by its lifecycle-raw twin\n  \
+               lifecycle-cluster  lifecycle on a 3-node JetStream cluster on loopback (R3 streams, always), each point after its raw twin\n  \
                lifecycle-raw  the same 12 appends per case on bare JetStream, each after the first two made by a consumer that saw the previous one\n  \
                long-case  RecordInteraction latency on a fresh case and on one of 1,000 and 10,000 events (and -raw: direct get + one OCC publish)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
@@ -59,6 +60,7 @@ async fn main() -> ExitCode {
             "deadlines" => deadlines::deadlines().await,
             "lifecycle" => lifecycle::lifecycle().await,
             "lifecycle-raw" => lifecycle_raw::lifecycle_raw().await,
+            "lifecycle-cluster" => lifecycle::lifecycle_cluster().await,
             "long-case" => long_case::long_case().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "all" => {

@@ -6,8 +6,7 @@
 //! internals: it talks gRPC, HTTP health and the NATS streams only.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -202,17 +201,7 @@ impl Drop for ServiceProc {
     }
 }
 
-/// A minimal HTTP/1.0 GET on loopback: (status, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Some((code, body))
-}
+pub use casework_testkit::http_get;
 
 /// Memory of a running process, from `/proc/<pid>/status`, in MiB.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -247,8 +236,10 @@ pub struct System {
     /// The services by name (declared first: dropped, so killed, before the
     /// broker and its directory go).
     pub services: BTreeMap<&'static str, ServiceProc>,
-    /// The broker.
+    /// The broker (in a cluster, its first node).
     pub nats: NatsServer,
+    /// The other nodes of a cluster (none on a single server).
+    pub peers: Vec<NatsServer>,
     /// Where data directories and logs live.
     pub dir: PathBuf,
 }
@@ -269,6 +260,38 @@ impl System {
         sync_always: bool,
     ) -> Self {
         let nats = NatsServer::start_configured(&nats_users(), sync_always);
+        Self::start_on(nats, Vec::new(), catalog, extra)
+    }
+
+    /// The system on a JetStream cluster of `nodes` nats-servers on
+    /// loopback (fsync `always` when `sync_always`): every service is given
+    /// all nodes' URLs and creates the streams with `nodes` replicas.
+    pub fn start_cluster(
+        catalog: &Path,
+        extra: &[(&str, &str, &str)],
+        nodes: usize,
+        sync_always: bool,
+    ) -> Self {
+        let mut cluster = casework_testkit::NatsCluster::start(nodes, &nats_users(), sync_always);
+        let nats = cluster.nodes.remove(0);
+        Self::start_on(nats, cluster.nodes, catalog, extra)
+    }
+
+    /// Every node's client URL, comma-separated.
+    pub fn nats_urls(&self) -> String {
+        std::iter::once(&self.nats)
+            .chain(&self.peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_on(
+        nats: NatsServer,
+        peers: Vec<NatsServer>,
+        catalog: &Path,
+        extra: &[(&str, &str, &str)],
+    ) -> Self {
         let dir = nats.scratch_dir().join("system");
         std::fs::create_dir_all(&dir).expect("system dir");
         let mut services = BTreeMap::new();
@@ -283,7 +306,18 @@ impl System {
             set("CASEWORK_GRPC_LISTEN", format!("127.0.0.1:{grpc_port}"));
             set("CASEWORK_HTTP_LISTEN", format!("127.0.0.1:{http_port}"));
             set("CASEWORK_CATALOG", catalog.display().to_string());
-            set("CASEWORK_NATS__URL", nats.url());
+            set(
+                "CASEWORK_NATS__URL",
+                std::iter::once(&nats)
+                    .chain(&peers)
+                    .map(NatsServer::url)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            set(
+                "CASEWORK_NATS__STREAM_REPLICAS",
+                (1 + peers.len()).to_string(),
+            );
             set("CASEWORK_NATS__USER", name.to_owned());
             set("CASEWORK_NATS__PASSWORD", format!("pw-{name}"));
             set("CASEWORK_LOG", "info".to_owned());
@@ -305,6 +339,7 @@ impl System {
         }
         let mut sys = System {
             nats,
+            peers,
             services,
             dir,
         };
