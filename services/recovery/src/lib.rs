@@ -38,8 +38,8 @@
 //! delivered event that continues the held head is folded without a read;
 //! a timer fire or an API call reads only what follows the head (a timer
 //! fire on a closed case with no open recovery reads nothing); a miss reads
-//! the case whole once. Deadline timers stay scheduled after a case closes
-//! (the runtime's timers cannot be cancelled yet); such a fire costs no read.
+//! the case whole once. A case's deadline timer is removed when the case
+//! closes; a fire that raced the removal costs no read.
 //!
 //! Metrics: `casework_promises_broken_total`,
 //! `casework_recoveries_total{trigger,outcome}`,

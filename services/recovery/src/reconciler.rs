@@ -15,10 +15,10 @@
 //! an earlier attempt) and are byte for byte ours (a racing replica that
 //! decided the same counts its own).
 //!
-//! Timers are not removed when a case closes: the runtime's timers have no
-//! cancel. A closed case's deadline fire is cheap instead — its projection
-//! is final ([`casework_runtime::held::Fold::is_final`]), so the fire
-//! decides on the held state without reading the log.
+//! Timers don't outlive their case: the `case_closed` delivery removes the
+//! case's deadline timer. A fire that raced that removal is cheap — the
+//! projection is final ([`casework_runtime::held::Fold::is_final`]), so the
+//! fire decides on the held state without reading the log.
 
 use std::sync::Arc;
 
