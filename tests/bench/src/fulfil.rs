@@ -207,7 +207,12 @@ pub async fn fulfil() {
     let dispatch = {
         let waiters = waiters.clone();
         tokio::spawn(async move {
-            while let Some(Ok(d)) = kept.next().await {
+            // A tail's errors (a missed heartbeat on a busy cluster, say)
+            // are not its end: the ordered consumer recreates itself.
+            while let Some(d) = kept.next().await {
+                let Ok(d) = d.inspect_err(|e| eprintln!("bench tail: {e} (going on)")) else {
+                    continue;
+                };
                 let seen = Instant::now();
                 if let Ok(case) = d.case()
                     && let Some(tx) = waiters

@@ -221,7 +221,12 @@ async fn run(catalog: PathBuf, sync_always: bool, nodes: usize, concurrency: usi
     let watcher = {
         let waiters = waiters.clone();
         tokio::spawn(async move {
-            while let Some(Ok(d)) = closed.next().await {
+            // A tail's errors (a missed heartbeat on a busy cluster, say)
+            // are not its end: the ordered consumer recreates itself.
+            while let Some(d) = closed.next().await {
+                let Ok(d) = d.inspect_err(|e| eprintln!("bench tail: {e} (going on)")) else {
+                    continue;
+                };
                 let seen = Instant::now();
                 let Ok(case) = d.case() else { continue };
                 let resolution = match d.decode().map(|e| e.envelope.payload) {

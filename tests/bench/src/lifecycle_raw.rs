@@ -305,7 +305,11 @@ async fn drain_tail(client: async_nats::Client, filter: &'static str) {
         .await
         .unwrap_or_else(|e| panic!("ordered tail of {filter}: {e}"));
     let mut msgs = tail.messages().await.expect("tail messages");
-    while let Some(Ok(_)) = msgs.next().await {}
+    while let Some(m) = msgs.next().await {
+        if let Err(e) = m {
+            eprintln!("raw tail of {filter}: {e} (going on)");
+        }
+    }
 }
 
 /// Fulfilment: on `promise_made`, its 8 appends, each on the head the
@@ -319,7 +323,10 @@ async fn fulfilment(client: async_nats::Client, payload: bytes::Bytes) {
     )
     .await;
     let mut msgs = consumer.messages().await.expect("fulfilment messages");
-    while let Some(Ok(m)) = msgs.next().await {
+    while let Some(m) = msgs.next().await {
+        let Ok(m) = m.inspect_err(|e| eprintln!("raw consumer: {e} (going on)")) else {
+            continue;
+        };
         let (case_id, ty) = case_and_type(m.subject.as_str());
         if ty != "promise_made" {
             let _ = m.ack().await;
@@ -356,7 +363,10 @@ async fn closer(client: async_nats::Client, payload: bytes::Bytes, waiters: Wait
     )
     .await;
     let mut msgs = consumer.messages().await.expect("closer messages");
-    while let Some(Ok(m)) = msgs.next().await {
+    while let Some(m) = msgs.next().await {
+        let Ok(m) = m.inspect_err(|e| eprintln!("raw consumer: {e} (going on)")) else {
+            continue;
+        };
         let (case_id, ty) = case_and_type(m.subject.as_str());
         if ty != "promise_kept" {
             let _ = m.ack().await;
@@ -403,7 +413,10 @@ async fn recovery(client: async_nats::Client) {
     )
     .await;
     let mut msgs = consumer.messages().await.expect("recovery messages");
-    while let Some(Ok(m)) = msgs.next().await {
+    while let Some(m) = msgs.next().await {
+        let Ok(m) = m.inspect_err(|e| eprintln!("raw consumer: {e} (going on)")) else {
+            continue;
+        };
         let _ = m.ack().await;
     }
 }
