@@ -83,12 +83,17 @@ impl NatsCluster {
     /// Every node's client URL, comma-separated (what a client is given so
     /// it can fail over).
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        urls_of(&self.nodes)
     }
+}
+
+/// The client URLs of `nodes`, comma-separated (what `nats.url` takes).
+pub fn urls_of<'a>(nodes: impl IntoIterator<Item = &'a NatsServer>) -> String {
+    nodes
+        .into_iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The nats-server binary to run: `$CASEWORK_NATS_SERVER`, else

@@ -339,14 +339,7 @@ async fn timers_messages(client: &async_nats::Client) -> Option<u64> {
 /// sync setting and concurrency, a broker of its own), so the two are
 /// always measured in one sitting.
 pub async fn lifecycle() {
-    let dir = casework_testkit::TempDir::new().expect("temporary directory");
-    let catalog = dir.path().join("catalog.toml");
-    std::fs::write(&catalog, CATALOG).expect("bench catalogue");
-    // Build the service binaries (when they are stale) before anything is
-    // measured, not between a raw result and its twin.
-    tokio::task::spawn_blocking(casework_e2e::release_bins)
-        .await
-        .expect("the service binaries build");
+    let (_dir, catalog) = prepare().await;
     for sync_always in [false, true] {
         for (concurrency, n) in points() {
             crate::lifecycle_raw::run(sync_always, 1, concurrency, n).await;
@@ -358,18 +351,22 @@ pub async fn lifecycle() {
 /// The production topology alone: a 3-node JetStream cluster on loopback,
 /// R3 streams, `sync_interval: always`, each result after its raw twin.
 pub async fn lifecycle_cluster() {
+    let (_dir, catalog) = prepare().await;
+    for (concurrency, n) in points() {
+        crate::lifecycle_raw::run(true, CLUSTER_NODES, concurrency, n).await;
+        run(catalog.clone(), true, CLUSTER_NODES, concurrency, n).await;
+    }
+}
+
+/// The bench catalogue in a directory that lives as long as the result,
+/// and the service binaries built (when stale) before anything is
+/// measured, not between a raw result and its twin.
+async fn prepare() -> (casework_testkit::TempDir, PathBuf) {
     let dir = casework_testkit::TempDir::new().expect("temporary directory");
     let catalog = dir.path().join("catalog.toml");
     std::fs::write(&catalog, CATALOG).expect("bench catalogue");
     tokio::task::spawn_blocking(casework_e2e::release_bins)
         .await
         .expect("the service binaries build");
-    lifecycle_cluster_in(&catalog).await;
-}
-
-async fn lifecycle_cluster_in(catalog: &std::path::Path) {
-    for (concurrency, n) in points() {
-        crate::lifecycle_raw::run(true, CLUSTER_NODES, concurrency, n).await;
-        run(catalog.to_owned(), true, CLUSTER_NODES, concurrency, n).await;
-    }
+    (dir, catalog)
 }

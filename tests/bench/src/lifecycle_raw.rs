@@ -98,11 +98,7 @@ pub struct Broker {
 impl Broker {
     /// Every node's client URL, comma-separated.
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        casework_testkit::urls_of(&self.nodes)
     }
 }
 

@@ -279,11 +279,7 @@ impl System {
 
     /// Every node's client URL, comma-separated.
     pub fn nats_urls(&self) -> String {
-        std::iter::once(&self.nats)
-            .chain(&self.peers)
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        casework_testkit::urls_of(std::iter::once(&self.nats).chain(&self.peers))
     }
 
     fn start_on(
@@ -308,11 +304,7 @@ impl System {
             set("CASEWORK_CATALOG", catalog.display().to_string());
             set(
                 "CASEWORK_NATS__URL",
-                std::iter::once(&nats)
-                    .chain(&peers)
-                    .map(NatsServer::url)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                casework_testkit::urls_of(std::iter::once(&nats).chain(&peers)),
             );
             set(
                 "CASEWORK_NATS__STREAM_REPLICAS",
