@@ -68,7 +68,7 @@ impl IntakeApi {
         if i.read_model.wait_for(seq, i.read_your_writes).await {
             return Ok(());
         }
-        let events = i.log.read(case, 0).await?;
+        let events = casework_caselog::read_reaching(i.log.as_ref(), case, 0, seq).await?;
         i.read_model.apply(events, None).await;
         Ok(())
     }

@@ -287,6 +287,44 @@ pub(crate) fn stored_of(sealed: &SealedEvent, stream_seq: u64) -> Result<Appende
     })
 }
 
+/// How long [`read_reaching`] asks again for a replica to catch up before
+/// calling the log unavailable (the caller retries later).
+pub const CATCH_UP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The case's events from `from_stream_seq` ([`CaseLog::read`]), from a
+/// copy of the log that holds at least stream sequence `reach` of this
+/// case. Every server of a clustered stream answers reads, and a replica
+/// may not yet hold what the leader acknowledged a moment ago (nats-server
+/// has no read-after-write option for direct gets), so a reader that
+/// knows an event exists — it was delivered, it refused our append, we
+/// held it — asks again, with a short backoff, until the answer reaches
+/// it. After [`CATCH_UP_PATIENCE`] it gives up with
+/// [`Error::Unavailable`], never with a log older than what it knows.
+pub async fn read_reaching<L: CaseLog + ?Sized>(
+    log: &L,
+    case: &CaseKey,
+    from_stream_seq: u64,
+    reach: u64,
+) -> Result<Vec<StoredEvent>> {
+    let started = tokio::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let events = log.read(case, from_stream_seq).await?;
+        let last = events.last().map_or(0, |e| e.stream_seq);
+        if last >= reach {
+            return Ok(events);
+        }
+        if started.elapsed() >= CATCH_UP_PATIENCE {
+            return Err(Error::Unavailable(format!(
+                "the log of {case} read ends at stream sequence {last}, before {reach} which it is known to hold (a replica that has not caught up after {CATCH_UP_PATIENCE:?})"
+            )));
+        }
+        metrics::counter!("casework_stale_reads_total").increment(1);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+}
+
 /// After a conflict (or a duplicate ack), checks whether this very event
 /// is already in the log right after `after` — a retry of an append whose
 /// first attempt landed, or a racing writer that decided the same — and if
@@ -297,8 +335,11 @@ pub(crate) async fn find_landed<L: CaseLog + ?Sized>(
     after: Option<&Head>,
     sealed: &SealedEvent,
 ) -> Result<Option<Appended>> {
+    // A conflict or a duplicate ack means the case holds an event after
+    // `after`: a read that shows none came from a replica behind the one
+    // that refused us, and is asked again rather than believed.
     let from = after.map(|h| h.stream_seq + 1).unwrap_or(0);
-    let events = log.read(case, from).await?;
+    let events = read_reaching(log, case, from, from.max(1)).await?;
     let Some(landed) = events
         .into_iter()
         .find(|e| e.envelope.sequence == sealed.case_seq)

@@ -17,7 +17,9 @@
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
-use casework_caselog::{CaseKey, CaseLog, Error as LogError, Head, StoredEvent};
+use casework_caselog::{
+    CATCH_UP_PATIENCE, CaseKey, CaseLog, Error as LogError, Head, StoredEvent, read_reaching,
+};
 
 /// A service's fold of one case: the pure state its rules decide on.
 pub trait Fold: Send + Sync + 'static {
@@ -171,7 +173,13 @@ impl<S: Fold> CaseCache<S> {
         let Some(mut held) = self.take(case) else {
             metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "miss")
                 .increment(1);
-            return Ok(Held::of_log(case, &log.read(case, 0).await?));
+            // The read must hold what woke us: a replica that lags the one
+            // that delivered it is asked again, not believed.
+            let reach = woke.iter().map(|e| e.stream_seq).max().unwrap_or(0);
+            return Ok(Held::of_log(
+                case,
+                &read_reaching(log, case, 0, reach).await?,
+            ));
         };
         let at = held.head.as_ref().map_or(0, |h| h.stream_seq);
         let mut newer: Vec<&StoredEvent> = woke.iter().filter(|e| e.stream_seq > at).collect();
@@ -185,7 +193,7 @@ impl<S: Fold> CaseCache<S> {
                 return Ok(held);
             }
             // Nothing says where the case ends (an API call, a timer): ask.
-            return self.catch_up(log, case, held, None).await;
+            return self.catch_up(log, case, held, None, 0).await;
         };
         if held.extend(newer.iter().copied())
             && held.head.as_ref().map(|h| h.stream_seq) == Some(latest.0)
@@ -194,7 +202,7 @@ impl<S: Fold> CaseCache<S> {
                 .increment(1);
             return Ok(held);
         }
-        self.catch_up(log, case, held, Some(latest)).await
+        self.catch_up(log, case, held, Some(latest), 0).await
     }
 
     /// [`CaseCache::load`] for a caller that must see everything in the log
@@ -211,31 +219,66 @@ impl<S: Fold> CaseCache<S> {
                     .increment(1);
                 Ok(Held::of_log(case, &log.read(case, 0).await?))
             }
-            Some(held) => self.catch_up(log, case, held, None).await,
+            Some(held) => self.catch_up(log, case, held, None, 0).await,
         }
     }
 
+    /// After a conflict on `held`'s head: the log holds an event after it
+    /// (it refused our append), so the state returned goes past that head,
+    /// whichever replica answers the read.
+    pub async fn load_past(
+        &self,
+        log: &dyn CaseLog,
+        case: &CaseKey,
+        held: Held<S>,
+    ) -> Result<Held<S>, LogError> {
+        let beyond = held.head.as_ref().map_or(1, |h| h.stream_seq + 1);
+        self.catch_up(log, case, held, None, beyond).await
+    }
+
     /// Reads what follows `held`'s head (up to `until` when known) and
-    /// folds it; the whole log when that does not continue the head.
+    /// folds it; the whole log when that does not continue the head. The
+    /// result reaches at least `reach`, `until` and `held`'s own head (reads
+    /// are monotonic): a replica behind that is asked again, for up to
+    /// [`CATCH_UP_PATIENCE`], and then the log is called unavailable.
     async fn catch_up(
         &self,
         log: &dyn CaseLog,
         case: &CaseKey,
         mut held: Held<S>,
         until: Option<(u64, u64)>,
+        reach: u64,
     ) -> Result<Held<S>, LogError> {
-        let after = log.read_after(case, held.head.as_ref(), until).await?;
-        if held.extend(&after) {
-            let reached = held.head.as_ref().map_or(0, |h| h.stream_seq);
-            if until.is_none_or(|(seq, _)| reached >= seq) {
+        let at = |h: &Held<S>| h.head.as_ref().map_or(0, |hd| hd.stream_seq);
+        let reach = reach.max(until.map_or(0, |(seq, _)| seq)).max(at(&held));
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            let after = log.read_after(case, held.head.as_ref(), until).await?;
+            if !held.extend(&after) {
+                break;
+            }
+            if at(&held) >= reach {
                 metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "read_after")
                     .increment(1);
                 return Ok(held);
             }
+            if started.elapsed() >= CATCH_UP_PATIENCE {
+                return Err(LogError::Unavailable(format!(
+                    "the log of {case} read ends at stream sequence {}, before {reach} which it is known to hold (a replica that has not caught up after {CATCH_UP_PATIENCE:?})",
+                    at(&held)
+                )));
+            }
+            metrics::counter!("casework_stale_reads_total").increment(1);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
         }
         metrics::counter!("casework_case_cache_total", "service" => self.service, "outcome" => "reload")
             .increment(1);
-        Ok(Held::of_log(case, &log.read(case, 0).await?))
+        Ok(Held::of_log(
+            case,
+            &read_reaching(log, case, 0, reach).await?,
+        ))
     }
 }
 
@@ -287,6 +330,159 @@ mod tests {
             .unwrap();
         let held = cache.load(&log, &case, &d.events).await.unwrap();
         assert_eq!(held.state, Seen(vec![1, 2, 3, 4]));
+    }
+
+    /// A replica of a clustered stream that answers reads from behind: it
+    /// shows the log up to `shown`, which catches up by one event on every
+    /// read once `stuck` reads have been answered (never, when `stuck` is
+    /// `u32::MAX`). Appends go to the leader (the inner log).
+    #[derive(Debug)]
+    struct Lagging {
+        leader: MemoryLog,
+        shown: std::sync::atomic::AtomicU64,
+        reads: std::sync::atomic::AtomicU32,
+        stuck: u32,
+    }
+
+    impl Lagging {
+        fn new(leader: MemoryLog, shown: u64, stuck: u32) -> Self {
+            Self {
+                leader,
+                shown: shown.into(),
+                reads: 0.into(),
+                stuck,
+            }
+        }
+        fn reads(&self) -> u32 {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl CaseLog for Lagging {
+        async fn append_event(
+            &self,
+            case: &CaseKey,
+            after: Option<&Head>,
+            event: casework_caselog::domain::NewEvent,
+            traceparent: Option<&str>,
+        ) -> Result<casework_caselog::Appended, LogError> {
+            self.leader
+                .append_event(case, after, event, traceparent)
+                .await
+        }
+        async fn read(&self, case: &CaseKey, from: u64) -> Result<Vec<StoredEvent>, LogError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let shown = self.shown.load(SeqCst);
+            if self.reads.fetch_add(1, SeqCst) >= self.stuck {
+                self.shown.fetch_add(1, SeqCst);
+            }
+            let mut all = self.leader.read(case, from).await?;
+            all.retain(|e| e.stream_seq <= shown);
+            Ok(all)
+        }
+        async fn read_raw(
+            &self,
+            case: &CaseKey,
+        ) -> Result<Vec<casework_caselog::domain::RawEvent>, LogError> {
+            self.leader.read_raw(case).await
+        }
+        async fn head(&self, case: &CaseKey) -> Result<Option<Head>, LogError> {
+            Ok(self.read(case, 0).await?.last().map(StoredEvent::head))
+        }
+        async fn consume(
+            &self,
+            durable: &str,
+            filters: &[String],
+        ) -> Result<casework_caselog::Deliveries, LogError> {
+            self.leader.consume(durable, filters).await
+        }
+        async fn tail(
+            &self,
+            filter: &str,
+            from: u64,
+        ) -> Result<casework_caselog::Deliveries, LogError> {
+            self.leader.tail(filter, from).await
+        }
+        async fn last_stream_seq(&self) -> Result<u64, LogError> {
+            self.leader.last_stream_seq().await
+        }
+    }
+
+    /// Three events of one case on the leader.
+    async fn three(log: &MemoryLog, case: &CaseKey) -> Vec<StoredEvent> {
+        let mut head = None;
+        let mut out = Vec::new();
+        for n in ["1", "2", "3"] {
+            let a = log
+                .append(case, head.as_ref(), vec![interaction(case, n)])
+                .await
+                .unwrap();
+            head = Some(a.head.clone());
+            out.extend(a.events);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_miss_woken_by_an_event_a_lagging_replica_lacks_is_read_again() {
+        let leader = MemoryLog::new();
+        let case = new_case("t");
+        let events = three(&leader, &case).await;
+        // The replica shows only the first event for two reads.
+        let log = Lagging::new(leader, events[0].stream_seq, 2);
+        let cache = CaseCache::<Seen>::new("test", 4);
+        let held = cache.load(&log, &case, &events[2..]).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1, 2, 3]), "decided on what woke it");
+        assert!(log.reads() > 2, "asked again: {} reads", log.reads());
+    }
+
+    #[tokio::test]
+    async fn a_held_case_woken_past_a_gap_reads_again_from_a_lagging_replica() {
+        let leader = MemoryLog::new();
+        let case = new_case("t");
+        let events = three(&leader, &case).await;
+        let cache = CaseCache::<Seen>::new("test", 4);
+        cache.put(&case, Held::of_log(&case, &events[..1]));
+        // Event 2 was filtered out of the delivery; 3 woke us; the replica
+        // has only event 1 for a while.
+        let log = Lagging::new(leader, events[0].stream_seq, 3);
+        let held = cache.load(&log, &case, &events[2..]).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1, 2, 3]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_conflict_the_reload_goes_past_the_held_head() {
+        let leader = MemoryLog::new();
+        let case = new_case("t");
+        let events = three(&leader, &case).await;
+        let cache = CaseCache::<Seen>::new("test", 4);
+        let held = Held::of_log(&case, &events[..2]);
+        // Our append on event 2 was refused: event 3 exists, but the
+        // replica answering shows only up to 2.
+        let log = Lagging::new(leader, events[1].stream_seq, 2);
+        let held = cache.load_past(&log, &case, held).await.unwrap();
+        assert_eq!(held.state, Seen(vec![1, 2, 3]));
+        // And a held state is never replaced by an older read.
+        let behind = Lagging::new(MemoryLog::new(), 0, 0);
+        let fresh = Held::of_log(&case, &events);
+        let got = cache.load_past(&behind, &case, fresh.clone()).await;
+        assert!(got.is_err(), "nothing past the head is not believed");
+        cache.put(&case, fresh);
+        let got = cache.load_latest(&behind, &case).await.unwrap();
+        assert_eq!(got.state, Seen(vec![1, 2, 3]), "kept, not replaced");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_never_catches_up_makes_the_log_unavailable_not_older() {
+        let leader = MemoryLog::new();
+        let case = new_case("t");
+        let events = three(&leader, &case).await;
+        let log = Lagging::new(leader, events[0].stream_seq, u32::MAX);
+        let cache = CaseCache::<Seen>::new("test", 4);
+        let err = cache.load(&log, &case, &events[2..]).await.unwrap_err();
+        assert!(matches!(err, LogError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("has not caught up"), "{err}");
     }
 
     #[tokio::test]

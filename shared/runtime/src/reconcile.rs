@@ -276,7 +276,7 @@ where
                     "case {case} kept changing under {MAX_ROUNDS} decisions in a row"
                 )));
             }
-            held = match cache_reload(log, cache, case, held).await {
+            held = match cache.load_past(log, case, held).await {
                 Ok(h) => h,
                 Err(e) => return Err(e.into()),
             };
@@ -295,17 +295,6 @@ where
     out.head = held.head.clone();
     cache.put(case, held);
     Ok(out)
-}
-
-/// After a conflict: what others appended, folded onto `held`.
-async fn cache_reload<S: Fold>(
-    log: &dyn CaseLog,
-    cache: &CaseCache<S>,
-    case: &CaseKey,
-    held: Held<S>,
-) -> Result<Held<S>, LogError> {
-    cache.put(case, held);
-    cache.load_latest(log, case).await
 }
 
 const PARKED: TableDefinition<&str, &str> = TableDefinition::new("parked_cases");

@@ -101,6 +101,7 @@ fn request(key: &str, i: usize) -> OpenCaseRequest {
 async fn one_case(
     client: &mut IntakeClient<tonic::transport::Channel>,
     waiters: &Waiters,
+    log: &JetStreamLog,
     key: &str,
     i: usize,
 ) -> (Duration, i32) {
@@ -122,10 +123,24 @@ async fn one_case(
         case_id.to_string(),
         "intake derives the case id from the idempotency key"
     );
-    let (seen, resolution) = tokio::time::timeout(CASE_TIMEOUT, rx)
-        .await
-        .unwrap_or_else(|_| panic!("case {case_id} not closed within {CASE_TIMEOUT:?}"))
-        .expect("closure watcher is running");
+    let Ok(closed) = tokio::time::timeout(CASE_TIMEOUT, rx).await else {
+        // A hang, not a measurement: say where the case stopped (its last
+        // event names the service that did not go on) before giving up.
+        let case = casework_caselog::CaseKey {
+            tenant,
+            case_id: case_id.clone(),
+        };
+        let events = match log.read(&case, 0).await {
+            Ok(events) => events
+                .iter()
+                .map(|e| format!("{} {}", e.stream_seq, e.subject))
+                .collect::<Vec<_>>()
+                .join("\n  "),
+            Err(e) => format!("(unreadable: {e})"),
+        };
+        panic!("case {case_id} not closed within {CASE_TIMEOUT:?}; its log:\n  {events}");
+    };
+    let (seen, resolution) = closed.expect("closure watcher is running");
     (seen.duration_since(t), resolution)
 }
 
@@ -134,6 +149,7 @@ async fn one_case(
 async fn drive(
     intake_url: &str,
     waiters: &Waiters,
+    log: &Arc<JetStreamLog>,
     prefix: &str,
     n: usize,
     concurrency: usize,
@@ -142,7 +158,8 @@ async fn drive(
     let barrier = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let mut tasks = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let (next, barrier, waiters) = (next.clone(), barrier.clone(), waiters.clone());
+        let (next, barrier, waiters, log) =
+            (next.clone(), barrier.clone(), waiters.clone(), log.clone());
         let (url, prefix) = (intake_url.to_owned(), prefix.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut client = IntakeClient::connect(url).await.expect("gRPC connects");
@@ -154,7 +171,7 @@ async fn drive(
                     return out;
                 }
                 let key = format!("{prefix}-{i}");
-                out.push(one_case(&mut client, &waiters, &key, i).await);
+                out.push(one_case(&mut client, &waiters, &log, &key, i).await);
             }
         }));
     }
@@ -211,7 +228,7 @@ async fn run(catalog: PathBuf, sync_always: bool, nodes: usize, concurrency: usi
     })
     .await
     .expect("admin connects");
-    let log = JetStreamLog::new(client, "bench-lifecycle-admin", None);
+    let log = Arc::new(JetStreamLog::new(client, "bench-lifecycle-admin", None));
     let from = log.last_stream_seq().await.expect("last seq") + 1;
     let mut closed = log
         .tail("case.*.*.intake.case_closed", from)
@@ -250,6 +267,7 @@ async fn run(catalog: PathBuf, sync_always: bool, nodes: usize, concurrency: usi
     drive(
         &intake,
         &waiters,
+        &log,
         &format!("warm-{sync}-{concurrency}"),
         warmup,
         concurrency.min(warmup),
@@ -261,6 +279,7 @@ async fn run(catalog: PathBuf, sync_always: bool, nodes: usize, concurrency: usi
     let (latencies, resolutions, elapsed) = drive(
         &intake,
         &waiters,
+        &log,
         &format!("run-{sync}-{concurrency}"),
         n,
         concurrency,

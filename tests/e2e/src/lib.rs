@@ -345,7 +345,7 @@ impl System {
     /// check invariants on the raw stream.
     pub async fn admin_log(&self) -> casework_caselog::JetStreamLog {
         let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
-            url: self.nats.url(),
+            url: self.nats_urls(),
             user: Some("admin".into()),
             password: Some("pw-admin".into()),
             ..Default::default()
