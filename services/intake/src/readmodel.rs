@@ -215,6 +215,8 @@ fn apply_in(tx: &WriteTransaction, events: &[StoredEvent]) -> Result<(), redb::E
 pub struct ReadModel {
     db: Arc<Database>,
     checkpoint: Arc<watch::Sender<u64>>,
+    /// Rebuilt from the log: fsynced at most once a second.
+    commits: Arc<store::Rebuildable>,
 }
 
 impl ReadModel {
@@ -232,6 +234,7 @@ impl ReadModel {
         Ok(Self {
             db,
             checkpoint: Arc::new(watch::channel(checkpoint).0),
+            commits: Arc::default(),
         })
     }
 
@@ -244,7 +247,7 @@ impl ReadModel {
     /// moves the tail checkpoint there (only the tail does: a writer's own
     /// case applied early must not skip other cases' events).
     pub async fn apply(&self, events: Vec<StoredEvent>, checkpoint: Option<u64>) {
-        let db = self.db.clone();
+        let (db, commits) = (self.db.clone(), self.commits.clone());
         store::blocking(move || {
             let tx = db.begin_write().expect("redb write");
             if let Err(e) = apply_in(&tx, &events) {
@@ -255,7 +258,7 @@ impl ReadModel {
                 let mut t = tx.open_table(CHECKPOINTS).expect("checkpoint table");
                 t.insert(TAIL_CHECKPOINT, seq).expect("checkpoint insert");
             }
-            store::commit(tx);
+            commits.commit(tx);
         })
         .await;
         if let Some(seq) = checkpoint {

@@ -97,6 +97,8 @@ type BudgetKey = (String, NaiveDate, String);
 pub struct Views {
     db: Arc<redb::Database>,
     budget: Arc<Mutex<HashMap<BudgetKey, u64>>>,
+    /// Rebuilt from the log: fsynced at most once a second.
+    commits: Arc<casework_runtime::store::Rebuildable>,
 }
 
 fn budget_key(tenant: &str, day: NaiveDate, currency: &str) -> String {
@@ -145,6 +147,7 @@ impl Views {
         Ok(Self {
             db,
             budget: Arc::new(Mutex::new(budget)),
+            commits: Arc::default(),
         })
     }
 
@@ -383,7 +386,7 @@ impl Views {
                 .insert("feed", last_seq.max(done))
                 .map_err(redb_err)?;
         }
-        casework_runtime::store::commit(tx);
+        self.commits.commit(tx);
         let mut mem = self.budget.lock().expect("budget lock");
         for (k, v) in budget_delta {
             *mem.entry(k).or_default() += v;
