@@ -108,6 +108,9 @@ mod tests {
         }
         let db = Database::create(&path).unwrap();
         let after = keys(&db);
-        assert!(after.starts_with(&[1]), "the durable commit survives: {after:?}");
+        assert!(
+            after.starts_with(&[1]),
+            "the durable commit survives: {after:?}"
+        );
     }
 }
