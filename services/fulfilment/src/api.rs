@@ -83,6 +83,7 @@ fn worker(id: &str) -> pb::Actor {
         kind: pb::ActorKind::Worker as i32,
         id: id.to_owned(),
         display_name: id.to_owned(),
+        authenticated_by: String::new(),
     }
 }
 
@@ -417,6 +418,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
                             kind: pb::ActorKind::Person as i32,
                             id: person.id,
                             display_name: person.display_name,
+                            authenticated_by: String::new(),
                         },
                     },
                 )

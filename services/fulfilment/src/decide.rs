@@ -372,6 +372,7 @@ pub fn system() -> pb::Actor {
         kind: pb::ActorKind::System as i32,
         id: "fulfilment".to_owned(),
         display_name: "Fulfilment".to_owned(),
+        authenticated_by: String::new(),
     }
 }
 

@@ -422,6 +422,7 @@ impl Engine {
             kind: pb::ActorKind::System as i32,
             id: "simulate".to_owned(),
             display_name: "Simulated handler".to_owned(),
+            authenticated_by: String::new(),
         };
         let report = if fails {
             Report::Failed {

@@ -180,7 +180,9 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     let readiness = http::Readiness::default();
     readiness.set("nats", true);
     readiness.set("task_board", false);
-    let grpc = casework_runtime::grpc::GrpcServer::new().tls(&options.tls)?;
+    let grpc = casework_runtime::grpc::GrpcServer::new()
+        .tls(&options.tls)?
+        .auth("fulfilment", &options.auth);
     grpc.health
         .set_serving::<proto::fulfilment_server::FulfilmentServer<api::FulfilmentApi>>()
         .await;

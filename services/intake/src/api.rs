@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use casework_auth::{AuthMethod, Caller};
 use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::timestamp;
@@ -267,22 +268,66 @@ impl IntakeApi {
     }
 }
 
+/// The person a request names is the caller (DESIGN.md §5): a person
+/// actor must name the caller (or nobody, and the caller is recorded); any
+/// actor records how the caller was authenticated. With authentication off
+/// the request's claim is all there is and is kept as sent.
+fn vouch(
+    caller: &Caller,
+    actor: Option<pb::Actor>,
+) -> std::result::Result<Option<pb::Actor>, Status> {
+    let p = &caller.principal;
+    if p.method == AuthMethod::Unchecked {
+        return Ok(actor);
+    }
+    let authenticated_by = format!("{} sub={}", p.method.describe(), p.subject);
+    let person = pb::ActorKind::Person as i32;
+    Ok(Some(match actor {
+        Some(a) if a.kind == person => pb::Actor {
+            kind: person,
+            id: caller.as_person(&a.id)?,
+            display_name: p.display_name(&a.display_name),
+            authenticated_by,
+        },
+        // A customer or a system the caller acts for: kept, with who
+        // recorded it.
+        Some(a) => pb::Actor {
+            authenticated_by,
+            ..a
+        },
+        None => pb::Actor {
+            kind: match p.method {
+                AuthMethod::Certificate { .. } => pb::ActorKind::System as i32,
+                _ => person,
+            },
+            id: p.subject.clone(),
+            display_name: p.display_name(""),
+            authenticated_by,
+        },
+    }))
+}
+
 #[tonic::async_trait]
 impl api::intake_server::Intake for IntakeApi {
     async fn open_case(
         &self,
         request: Request<api::OpenCaseRequest>,
     ) -> Result<Response<api::OpenCaseResponse>, Status> {
-        Ok(Response::new(
-            IntakeApi::open_case(self, request.into_inner()).await?,
-        ))
+        let caller = Caller::of(&request)?;
+        let mut req = request.into_inner();
+        caller.for_tenant(&validate::tenant(&req.tenant)?)?;
+        req.opened_by = vouch(&caller, req.opened_by.take())?;
+        Ok(Response::new(IntakeApi::open_case(self, req).await?))
     }
 
     async fn record_interaction(
         &self,
         request: Request<api::RecordInteractionRequest>,
     ) -> Result<Response<api::RecordInteractionResponse>, Status> {
-        let req = validate::record_interaction(&request.into_inner())?;
+        let caller = Caller::of(&request)?;
+        let mut req = validate::record_interaction(&request.into_inner())?;
+        caller.for_tenant(&req.tenant)?;
+        req.payload.actor = vouch(&caller, req.payload.actor.take())?;
         let recorded = self.record(req, Payload::InteractionRecorded).await?;
         Ok(Response::new(api::RecordInteractionResponse {
             recorded: Some(recorded),
@@ -293,7 +338,9 @@ impl api::intake_server::Intake for IntakeApi {
         &self,
         request: Request<api::SubmitFeedbackRequest>,
     ) -> Result<Response<api::SubmitFeedbackResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = validate::submit_feedback(&request.into_inner())?;
+        caller.for_tenant(&req.tenant)?;
         let recorded = self.record(req, Payload::FeedbackReceived).await?;
         Ok(Response::new(api::SubmitFeedbackResponse {
             recorded: Some(recorded),
@@ -304,7 +351,10 @@ impl api::intake_server::Intake for IntakeApi {
         &self,
         request: Request<api::WithdrawCaseRequest>,
     ) -> Result<Response<api::WithdrawCaseResponse>, Status> {
-        let req = validate::withdraw_case(&request.into_inner())?;
+        let caller = Caller::of(&request)?;
+        let mut req = validate::withdraw_case(&request.into_inner())?;
+        caller.for_tenant(&req.tenant)?;
+        req.payload.actor = vouch(&caller, req.payload.actor.take())?;
         let recorded = self
             .record(req, |w: pb::CaseWithdrawn| Payload::CaseWithdrawn(w))
             .await?;
@@ -317,7 +367,10 @@ impl api::intake_server::Intake for IntakeApi {
         &self,
         request: Request<api::GetCaseRequest>,
     ) -> Result<Response<api::GetCaseResponse>, Status> {
-        let case = IntakeApi::get_case(self, request.into_inner()).await?;
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        caller.for_tenant(&validate::tenant(&req.tenant)?)?;
+        let case = IntakeApi::get_case(self, req).await?;
         Ok(Response::new(api::GetCaseResponse { case: Some(case) }))
     }
 
@@ -325,7 +378,9 @@ impl api::intake_server::Intake for IntakeApi {
         &self,
         request: Request<api::ListCasesRequest>,
     ) -> Result<Response<api::ListCasesResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let q = validate::list_cases(&request.into_inner())?;
+        caller.for_tenant(&q.tenant)?;
         let (cases, next) = self.inner.read_model.list(q, Utc::now()).await;
         Ok(Response::new(api::ListCasesResponse {
             cases,

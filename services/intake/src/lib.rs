@@ -183,7 +183,9 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         read_model,
         Duration::from_millis(options.service.read_your_writes_timeout_ms),
     );
-    let server = GrpcServer::new().tls(&options.tls)?;
+    let server = GrpcServer::new()
+        .tls(&options.tls)?
+        .auth("intake", &options.auth);
     server
         .health
         .set_serving::<IntakeServer<api::IntakeApi>>()

@@ -733,3 +733,137 @@ async fn health_and_reflection() {
     .await;
     intake.stop().await;
 }
+
+/// A call with `token` as its bearer credential.
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    r
+}
+
+#[tokio::test]
+async fn with_authentication_required_only_the_right_person_acts_and_is_recorded_as_who_they_are() {
+    use casework_auth::{Role, dev::DevIssuer};
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DevIssuer::load_or_create(&dir.path().join("auth")).unwrap();
+    let mut o = options(&nats, &dir.path().join("intake"), "intake-0");
+    o.auth = issuer.settings();
+    let shutdown = Shutdown::new();
+    let running = start(o, shutdown.clone()).await.expect("intake starts");
+    let url = format!("http://{}", running.grpc);
+    let mut c = IntakeClient::connect(url.clone()).await.unwrap();
+    let hour = Duration::from_secs(3600);
+    let ada = issuer
+        .mint("ada", Some("Ada Agent"), &["acme"], &[Role::Agent], hour)
+        .unwrap();
+    let log = reader(&nats).await;
+    let before = log.last_stream_seq().await.unwrap();
+
+    let refused = |s: tonic::Status, code: Code, says: &str| {
+        assert_eq!(s.code(), code, "{s:?}");
+        assert!(
+            s.message().contains(says),
+            "{:?} should say {says:?}",
+            s.message()
+        );
+    };
+    // No credentials; a token for another tenant; one without the role;
+    // signed by someone else; naming another person. (Expired and
+    // misaddressed tokens: casework-auth's tests.)
+    refused(
+        c.open_case(open_req("a1")).await.unwrap_err(),
+        Code::Unauthenticated,
+        "no credentials",
+    );
+    let mut victim = open_req("a2");
+    victim.tenant = "victim-corp".into();
+    refused(
+        c.open_case(with_token(victim, &ada)).await.unwrap_err(),
+        Code::PermissionDenied,
+        "needs the agent role there",
+    );
+    let sam = issuer
+        .mint("sam", None, &["acme"], &[Role::Supervisor], hour)
+        .unwrap();
+    refused(
+        c.open_case(with_token(open_req("a3"), &sam))
+            .await
+            .unwrap_err(),
+        Code::PermissionDenied,
+        "agent",
+    );
+    let other = DevIssuer::load_or_create(&dir.path().join("other")).unwrap();
+    let forged = other
+        .mint("ada", None, &["acme"], &[Role::Agent, Role::Admin], hour)
+        .unwrap();
+    refused(
+        c.open_case(with_token(open_req("a5"), &forged))
+            .await
+            .unwrap_err(),
+        Code::Unauthenticated,
+        "",
+    );
+    let mut cfo = open_req("a6");
+    cfo.opened_by = Some(pb::Actor {
+        kind: pb::ActorKind::Person as i32,
+        id: "anyone-at-all".into(),
+        display_name: "Definitely The CFO".into(),
+        authenticated_by: String::new(),
+    });
+    refused(
+        c.open_case(with_token(cfo, &ada)).await.unwrap_err(),
+        Code::PermissionDenied,
+        "anyone-at-all",
+    );
+    // Nothing was appended for any refused call.
+    assert_eq!(log.last_stream_seq().await.unwrap(), before);
+
+    // The right person opens a case and is recorded as who they are.
+    let opened = c
+        .open_case(with_token(open_req("a7"), &ada))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = log.read(&key(&opened.case_id), 0).await.unwrap();
+    let Some(Payload::CaseOpened(o)) = &events[0].envelope.payload else {
+        panic!("case_opened first");
+    };
+    let by = o.opened_by.as_ref().expect("opened_by recorded");
+    assert_eq!(
+        (by.id.as_str(), by.display_name.as_str()),
+        ("ada", "Ada Agent")
+    );
+    assert_eq!(by.authenticated_by, "oidc:casework-dev sub=ada");
+    // Reads are the tenant's too.
+    let mut get = api::GetCaseRequest {
+        tenant: "acme".into(),
+        case_id: opened.case_id.clone(),
+    };
+    assert!(c.get_case(with_token(get.clone(), &ada)).await.is_ok());
+    get.tenant = "victim-corp".into();
+    refused(
+        c.get_case(with_token(get, &ada)).await.unwrap_err(),
+        Code::PermissionDenied,
+        "victim-corp",
+    );
+    // Health stays open to probes without credentials.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_ok()
+    );
+    shutdown.cancel();
+    running.wait().await.expect("clean shutdown");
+}

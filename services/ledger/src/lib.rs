@@ -134,7 +134,9 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         max_page_size: options.service.max_page_size,
         subscribe_batch: options.service.subscribe_batch,
     };
-    let server = GrpcServer::new().tls(&options.tls)?;
+    let server = GrpcServer::new()
+        .tls(&options.tls)?
+        .auth("ledger", &options.auth);
     server
         .health
         .set_serving::<LedgerServer<api::LedgerApi>>()

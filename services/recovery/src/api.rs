@@ -78,6 +78,7 @@ fn person(a: Option<&api::Approver>) -> Result<pb::Actor> {
         kind: pb::ActorKind::Person as i32,
         id: a.id.trim().to_owned(),
         display_name: a.display_name.trim().to_owned(),
+        authenticated_by: String::new(),
     })
 }
 

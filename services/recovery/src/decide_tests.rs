@@ -225,6 +225,7 @@ impl Case {
             kind: pb::ActorKind::Person as i32,
             id: "e-7".into(),
             display_name: "Dana".into(),
+            authenticated_by: String::new(),
         });
         let p = if approve {
             Payload::CompensationApproved(pb::CompensationApproved {

@@ -206,7 +206,9 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         default_page_size: options.service.default_page_size,
         max_page_size: options.service.max_page_size,
     };
-    let server = casework_runtime::grpc::GrpcServer::new().tls(&options.tls)?;
+    let server = casework_runtime::grpc::GrpcServer::new()
+        .tls(&options.tls)?
+        .auth("recovery", &options.auth);
     server
         .health
         .set_serving::<RecoveryServer<api::RecoveryApi>>()

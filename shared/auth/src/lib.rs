@@ -7,8 +7,10 @@
 //! token: it decides who someone is and what they may do, nothing else.
 //!
 //! Layout: `role` (roles and the RPC table), `principal` (grants and
-//! checks), `verify` (tokens and certificates), `settings` (the options).
+//! checks), `verify` (tokens and certificates), `settings` (the options),
+//! `dev` (a development issuer for local use and tests).
 
+pub mod dev;
 mod principal;
 mod role;
 mod settings;
@@ -67,5 +69,64 @@ impl From<Refusal> for tonic::Status {
             Refusal::Unauthenticated(why) => tonic::Status::unauthenticated(why),
             other => tonic::Status::permission_denied(other.to_string()),
         }
+    }
+}
+
+/// The caller of one RPC, as the gRPC layer admitted it: who, and the role
+/// the RPC needs ([`required_role`]). Handlers take it from the request
+/// and check the tenant the request is for.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who is calling.
+    pub principal: std::sync::Arc<Principal>,
+    /// The role this RPC needs.
+    pub role: Role,
+    /// The service answering (for refusal metrics).
+    pub service: &'static str,
+}
+
+impl Caller {
+    /// The caller the layer put on `req`; none means the layer was not
+    /// installed, and the call is refused rather than let through.
+    pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+        req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "no credentials were checked for this call (the server has no auth layer)",
+            )
+        })
+    }
+
+    fn refused(&self, r: Refusal) -> tonic::Status {
+        r.record(self.service, Some(&self.principal.subject));
+        r.into()
+    }
+
+    /// The call is for `tenant`: refused unless the caller holds the role
+    /// there.
+    pub fn for_tenant(&self, tenant: &casework_domain::Tenant) -> Result<(), tonic::Status> {
+        self.principal
+            .require(self.role, tenant)
+            .map_err(|r| self.refused(r))
+    }
+
+    /// The call covers every tenant: refused unless the caller holds the
+    /// role for all (`*`).
+    pub fn for_all_tenants(&self) -> Result<(), tonic::Status> {
+        self.principal
+            .require_all_tenants(self.role)
+            .map_err(|r| self.refused(r))
+    }
+
+    /// The tenants a list or stream is narrowed to.
+    pub fn scope(&self) -> TenantScope {
+        self.principal.scope(self.role)
+    }
+
+    /// A person named in the request (`claimed_id`, empty for "me"),
+    /// checked against the caller; returns the id to record.
+    pub fn as_person(&self, claimed_id: &str) -> Result<String, tonic::Status> {
+        self.principal
+            .as_person(claimed_id)
+            .map_err(|r| self.refused(r))
     }
 }

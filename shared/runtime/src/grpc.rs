@@ -17,6 +17,7 @@ use crate::Shutdown;
 pub struct GrpcServer {
     routes: Routes,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: Option<(&'static str, casework_auth::AuthSettings)>,
     /// Sets the serving status of each service for the health service.
     pub health: HealthReporter,
 }
@@ -41,6 +42,7 @@ impl GrpcServer {
             routes,
             health,
             tls: None,
+            auth: None,
         }
     }
 
@@ -61,6 +63,13 @@ impl GrpcServer {
         }
         self.tls = Some(cfg);
         Ok(self)
+    }
+
+    /// Authenticates callers of `service` per `settings` (see
+    /// [`crate::auth`]). A server without it refuses every Casework call.
+    pub fn auth(mut self, service: &'static str, settings: &casework_auth::AuthSettings) -> Self {
+        self.auth = Some((service, settings.clone()));
+        self
     }
 
     /// Adds a service.
@@ -99,6 +108,12 @@ impl GrpcServer {
             casework_telemetry::set_remote_parent(&span, traceparent);
             span
         });
+        let layer = match &self.auth {
+            Some((service, settings)) => {
+                crate::auth::AuthLayer::new(service, settings, addr, self.tls.is_some())?
+            }
+            None => crate::auth::AuthLayer::refusing(),
+        };
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)
@@ -106,6 +121,7 @@ impl GrpcServer {
         }
         let done = tokio::spawn(async move {
             let r = builder
+                .layer(layer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
                 .await;

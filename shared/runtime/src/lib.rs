@@ -13,6 +13,7 @@
 //! cache of case state), `reconcile` (the one decide-append loop, the
 //! per-case locks and the coalescing work queue).
 
+pub mod auth;
 pub mod grpc;
 pub mod held;
 pub mod http;

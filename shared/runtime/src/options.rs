@@ -158,6 +158,9 @@ pub struct Options<S> {
     /// TLS of the gRPC server (off by default).
     #[serde(default)]
     pub tls: TlsSettings,
+    /// Who may call the gRPC API (`casework_auth::AuthSettings`).
+    #[serde(default)]
+    pub auth: casework_auth::AuthSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
     /// The service's own settings.
@@ -191,6 +194,7 @@ impl<S: Default> Options<S> {
                 ..Default::default()
             },
             tls: TlsSettings::default(),
+            auth: casework_auth::AuthSettings::default(),
             telemetry: TelemetrySettings::default(),
             service: S::default(),
         }
@@ -240,7 +244,19 @@ impl<S: Validate> Options<S> {
         if self.tls.client_ca_file.is_some() && !self.tls.enabled() {
             p.push("tls.client_ca_file needs tls.cert_file and tls.key_file".to_owned());
         }
+        p.extend(self.auth.validate());
+        if self.auth.mode == casework_auth::AuthMode::Required
+            && !self.tls.enabled()
+            && !self.grpc_listen.ip().is_loopback()
+            && self.auth.certificates.is_empty()
+        {
+            p.push(format!(
+                "auth.mode is required but gRPC listens in plaintext on {}: bearer tokens would cross the network in the clear and are refused there; configure tls.cert_file and tls.key_file",
+                self.grpc_listen
+            ));
+        }
         for (name, file) in [
+            ("auth.jwks_file", &self.auth.jwks_file),
             ("tls.cert_file", &self.tls.cert_file),
             ("tls.key_file", &self.tls.key_file),
             ("tls.client_ca_file", &self.tls.client_ca_file),

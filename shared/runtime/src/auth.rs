@@ -1,0 +1,235 @@
+//! Authentication at the gRPC edge: a tower layer in front of every
+//! Casework service of a server (health and reflection stay open) that
+//! proves who is calling — a bearer token or a mapped client certificate
+//! (`casework_auth::Verifier`) — checks that the caller holds the role the
+//! RPC needs somewhere ([`casework_auth::required_role`]), and hands the
+//! [`Caller`] to the handler, which checks the tenant. A refusal is
+//! answered here, before the request is decoded, counted and logged
+//! without the token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use casework_auth::{AuthMode, AuthSettings, Caller, Principal, Refusal, Verifier, required_role};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+#[derive(Debug)]
+struct Core {
+    service: &'static str,
+    /// `None`: authentication is off.
+    verifier: Option<Verifier>,
+    /// False on a plaintext listener that is not loopback.
+    bearer_allowed: bool,
+}
+
+/// The layer (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AuthLayer(Arc<Core>);
+
+impl AuthLayer {
+    /// The layer of `service` per `settings`, for a listener on `listen`
+    /// with or without TLS. Reads the JWKS now.
+    pub fn new(
+        service: &'static str,
+        settings: &AuthSettings,
+        listen: SocketAddr,
+        tls: bool,
+    ) -> anyhow::Result<Self> {
+        let verifier = match settings.mode {
+            AuthMode::Off => {
+                tracing::warn!(
+                    service,
+                    %listen,
+                    "authentication is off (auth.mode = off): any caller acts for any tenant; set auth.mode = required with an issuer's JWKS for anything but local development"
+                );
+                None
+            }
+            AuthMode::Required => {
+                Some(Verifier::new(settings.clone()).map_err(|e| anyhow::anyhow!(e))?)
+            }
+        };
+        Ok(Self(Arc::new(Core {
+            service,
+            verifier,
+            bearer_allowed: tls || listen.ip().is_loopback(),
+        })))
+    }
+
+    /// A layer that refuses every Casework call (a server that was never
+    /// told how to authenticate fails closed).
+    pub fn refusing() -> Self {
+        Self(Arc::new(Core {
+            service: "unconfigured",
+            verifier: Some(
+                Verifier::new(AuthSettings {
+                    mode: AuthMode::Required,
+                    ..Default::default()
+                })
+                .expect("no file to read"),
+            ),
+            bearer_allowed: false,
+        }))
+    }
+
+    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<(), tonic::Status> {
+        let core = &self.0;
+        let Some(role) = required_role(req.uri().path()) else {
+            return Ok(());
+        };
+        let refuse = |r: Refusal, subject: Option<&str>| {
+            r.record(core.service, subject);
+            tonic::Status::from(r)
+        };
+        let principal = match &core.verifier {
+            None => Principal::unchecked(),
+            Some(v) => {
+                let header = match req.headers().get("authorization") {
+                    None => None,
+                    Some(h) => Some(h.to_str().map_err(|_| {
+                        refuse(
+                            Refusal::Unauthenticated(
+                                "the authorization metadata is not text".into(),
+                            ),
+                            None,
+                        )
+                    })?),
+                };
+                if header.is_some() && !core.bearer_allowed {
+                    return Err(refuse(
+                        Refusal::Unauthenticated(
+                            "bearer tokens are refused on a plaintext listener that is not loopback: configure tls (tls.cert_file, tls.key_file) so tokens are not sent in the clear".into(),
+                        ),
+                        None,
+                    ));
+                }
+                let identities = peer_identities(req.extensions());
+                v.authenticate(header, &identities)
+                    .map_err(|r| refuse(r, None))?
+            }
+        };
+        if !principal.may_somewhere(role) {
+            return Err(refuse(
+                Refusal::PermissionDenied {
+                    subject: principal.subject.clone(),
+                    role,
+                    tenant: "any tenant".into(),
+                },
+                Some(&principal.subject),
+            ));
+        }
+        req.extensions_mut().insert(Caller {
+            principal: Arc::new(principal),
+            role,
+            service: core.service,
+        });
+        Ok(())
+    }
+}
+
+/// The identities of a verified client certificate (URI SANs, DNS SANs,
+/// then the subject CN); none without TLS or a certificate.
+fn peer_identities(ext: &http::Extensions) -> Vec<String> {
+    let Some(certs) = ext
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+    else {
+        return Vec::new();
+    };
+    let Some(leaf) = certs.first() else {
+        return Vec::new();
+    };
+    certificate_identities(leaf.as_ref())
+}
+
+/// URI SANs, DNS SANs and the subject CN of a DER certificate.
+pub fn certificate_identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => out.push((*u).to_owned()),
+                GeneralName::DNSName(d) => out.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(s) = cn.as_str() {
+            out.push(s.to_owned());
+        }
+    }
+    out
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service the layer wraps around a server's routes.
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.layer.admit(&mut req) {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(status) => Box::pin(futures::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_its_uri_and_dns_sans_and_its_cn() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["worker.ops.example".to_owned()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::string::Ia5String::try_from("spiffe://corp/ns/ops/sa/worker").unwrap(),
+        ));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "worker-a");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ids = certificate_identities(cert.der());
+        assert_eq!(
+            ids,
+            vec![
+                "worker.ops.example".to_owned(),
+                "spiffe://corp/ns/ops/sa/worker".to_owned(),
+                "worker-a".to_owned()
+            ]
+        );
+        assert!(certificate_identities(b"not a certificate").is_empty());
+    }
+}
