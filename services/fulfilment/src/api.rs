@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use casework_auth::{Caller, TenantScope};
 use casework_domain::chain::timestamp;
 use casework_domain::pb;
 use casework_proto::fulfilment::v1 as api;
@@ -151,7 +152,11 @@ impl FulfilmentApi {
         Ok(task)
     }
 
-    async fn poll(&self, r: api::PollTasksRequest) -> Result<api::PollTasksResponse> {
+    async fn poll(
+        &self,
+        r: api::PollTasksRequest,
+        scope: &TenantScope,
+    ) -> Result<api::PollTasksResponse> {
         required(&r.worker_id, "worker_id", "\"refund-worker-1\"")?;
         if r.task_kinds.is_empty() || r.task_kinds.iter().any(|k| k.trim().is_empty()) {
             return Err(Error::InvalidArgument(
@@ -172,7 +177,12 @@ impl FulfilmentApi {
             let now = Utc::now();
             let mut tasks = Vec::new();
             let mut leased = Vec::new();
-            for (t, e) in board.available(&r.task_kinds, false, now, max) {
+            let mine = board
+                .available(&r.task_kinds, false, now, usize::MAX)
+                .into_iter()
+                .filter(|(t, _)| scope.contains(t.case.tenant.as_str()))
+                .take(max);
+            for (t, e) in mine {
                 let until = (now + chrono::Duration::seconds(settings.lease_seconds as i64))
                     .min(e.timeout_at);
                 if !board.try_lease(&t, &r.worker_id, now, until) {
@@ -258,6 +268,7 @@ impl FulfilmentApi {
     async fn list_manual(
         &self,
         r: api::ListManualTasksRequest,
+        scope: &TenantScope,
     ) -> Result<api::ListManualTasksResponse> {
         required(&r.queue, "queue", "\"returns_desk\"")?;
         if !r.tenant.is_empty() {
@@ -275,7 +286,9 @@ impl FulfilmentApi {
             if tasks.len() >= limit {
                 break;
             }
-            if !r.tenant.is_empty() && t.case.tenant.as_str() != r.tenant {
+            if (!r.tenant.is_empty() && t.case.tenant.as_str() != r.tenant)
+                || !scope.contains(t.case.tenant.as_str())
+            {
                 continue;
             }
             if let Some(task) = self.validate(&t, &e, now, None).await? {
@@ -292,7 +305,9 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         &self,
         request: Request<api::PollTasksRequest>,
     ) -> Result<Response<api::PollTasksResponse>, Status> {
-        self.poll(request.into_inner())
+        // A worker sees the tasks of its tenants only.
+        let scope = Caller::of(&request)?.scope();
+        self.poll(request.into_inner(), &scope)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -302,7 +317,12 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         &self,
         request: Request<api::CompleteTaskRequest>,
     ) -> Result<Response<api::CompleteTaskResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        caller.for_tenant(&token(&r.token).map_err(to_status)?.case.tenant)?;
+        let by = caller
+            .vouch(Some(worker(&r.worker_id)))?
+            .expect("an actor stays an actor");
         let go = async {
             let t = token(&r.token)?;
             required(&r.worker_id, "worker_id", "\"refund-worker-1\"")?;
@@ -315,7 +335,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
                     Via::External,
                     Report::Completed {
                         output: r.output.clone(),
-                        by: worker(&r.worker_id),
+                        by,
                     },
                 )
                 .await?;
@@ -331,7 +351,12 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         &self,
         request: Request<api::FailTaskRequest>,
     ) -> Result<Response<api::FailTaskResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        caller.for_tenant(&token(&r.token).map_err(to_status)?.case.tenant)?;
+        let by = caller
+            .vouch(Some(worker(&r.worker_id)))?
+            .expect("an actor stays an actor");
         let go = async {
             let t = token(&r.token)?;
             required(&r.worker_id, "worker_id", "\"refund-worker-1\"")?;
@@ -350,7 +375,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
                     Report::Failed {
                         error: r.error.chars().take(2000).collect(),
                         retryable: r.retryable,
-                        by: worker(&r.worker_id),
+                        by,
                     },
                 )
                 .await?;
@@ -367,7 +392,10 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         &self,
         request: Request<api::HeartbeatRequest>,
     ) -> Result<Response<api::HeartbeatResponse>, Status> {
-        FulfilmentApi::heartbeat(self, request.into_inner())
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        caller.for_tenant(&token(&r.token).map_err(to_status)?.case.tenant)?;
+        FulfilmentApi::heartbeat(self, r)
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -377,7 +405,12 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         &self,
         request: Request<api::ListManualTasksRequest>,
     ) -> Result<Response<api::ListManualTasksResponse>, Status> {
-        self.list_manual(request.into_inner())
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        if let Ok(t) = casework_domain::Tenant::parse(&r.tenant) {
+            caller.for_tenant(&t)?;
+        }
+        self.list_manual(r, &caller.scope())
             .await
             .map(Response::new)
             .map_err(to_status)
@@ -387,10 +420,29 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         &self,
         request: Request<api::CompleteManualStepRequest>,
     ) -> Result<Response<api::CompleteManualStepResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        caller.for_tenant(&token(&r.token).map_err(to_status)?.case.tenant)?;
+        // The person who did the work is the caller (none given: the
+        // caller), recorded with how they were authenticated.
+        let claimed = r.person.clone().map(|p| pb::Actor {
+            kind: pb::ActorKind::Person as i32,
+            id: p.id,
+            display_name: p.display_name,
+            authenticated_by: String::new(),
+        });
+        let vouched = match (&caller.principal.method, claimed) {
+            (casework_auth::AuthMethod::Unchecked, c) => c,
+            (_, c) => caller.vouch(c.or_else(|| {
+                Some(pb::Actor {
+                    kind: pb::ActorKind::Person as i32,
+                    ..Default::default()
+                })
+            }))?,
+        };
         let go = async {
             let t = token(&r.token)?;
-            let person = r.person.clone().ok_or_else(|| {
+            let person = vouched.ok_or_else(|| {
                 Error::InvalidArgument(
                     "person is required: who did the work ({id, display_name})".to_owned(),
                 )
@@ -412,15 +464,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
                     &t.case,
                     t.attempt,
                     Via::Manual,
-                    Report::Completed {
-                        output,
-                        by: pb::Actor {
-                            kind: pb::ActorKind::Person as i32,
-                            id: person.id,
-                            display_name: person.display_name,
-                            authenticated_by: String::new(),
-                        },
-                    },
+                    Report::Completed { output, by: person },
                 )
                 .await?;
             Ok(api::CompleteManualStepResponse {
@@ -433,8 +477,9 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
 
     async fn list_parked_cases(
         &self,
-        _request: Request<api::ListParkedCasesRequest>,
+        request: Request<api::ListParkedCasesRequest>,
     ) -> Result<Response<api::ListParkedCasesResponse>, Status> {
+        Caller::of(&request)?.for_all_tenants()?;
         let Some(parked) = &self.parked else {
             return Ok(Response::new(api::ListParkedCasesResponse::default()));
         };

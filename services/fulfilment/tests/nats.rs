@@ -495,3 +495,91 @@ async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// A call with a bearer token.
+fn as_caller<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn a_worker_sees_and_reports_only_its_tenants_tasks() {
+    use casework_auth::{Role, dev::DevIssuer};
+    let w = World::new().await;
+    let issuer = DevIssuer::load_or_create(&w.dir.path().join("auth")).unwrap();
+    let mut o = w.options("f-0");
+    o.auth = issuer.settings();
+    let shutdown = casework_runtime::Shutdown::new();
+    let running = casework_fulfilment::start(o, shutdown.clone())
+        .await
+        .unwrap();
+    let mut c = client(&running).await;
+    let hour = Duration::from_secs(3600);
+    let acme = issuer
+        .mint("worker-a", None, &["acme"], &[Role::Worker], hour)
+        .unwrap();
+    let beta = issuer
+        .mint("worker-b", None, &["beta"], &[Role::Worker], hour)
+        .unwrap();
+    let case = w.open_case("shipping").await;
+    let poll = |worker: &str| api::PollTasksRequest {
+        worker_id: worker.into(),
+        task_kinds: vec!["ship_parcel".into()],
+        max_tasks: 5,
+        wait_seconds: 2,
+    };
+    let e = c.poll_tasks(poll("anon")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // Tenant beta's worker waits out its poll and gets nothing of acme's.
+    let none = c
+        .poll_tasks(as_caller(poll("worker-b"), &beta))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.tasks.is_empty(), "{:?}", none.tasks);
+    let task = casework_testkit::eventually(Duration::from_secs(20), "acme's task", || {
+        let (mut c, acme) = (c.clone(), acme.clone());
+        async move {
+            let r = c
+                .poll_tasks(as_caller(poll("worker-a"), &acme))
+                .await
+                .ok()?
+                .into_inner();
+            r.tasks.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!(task.case_id, case.case_id.as_str());
+    // Beta's worker holding acme's token cannot report on it.
+    let complete = |worker: &str| api::CompleteTaskRequest {
+        token: task.token.clone(),
+        output: Default::default(),
+        worker_id: worker.into(),
+    };
+    let e = c
+        .complete_task(as_caller(complete("worker-b"), &beta))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    c.complete_task(as_caller(complete("worker-a"), &acme))
+        .await
+        .unwrap();
+    let log = w.reader.read(&case, 0).await.unwrap();
+    let by = log
+        .iter()
+        .find_map(|e| match &e.envelope.payload {
+            Some(Payload::StepCompleted(s)) => s.completed_by.clone(),
+            _ => None,
+        })
+        .expect("step_completed by");
+    assert_eq!(by.authenticated_by, "oidc:casework-dev sub=worker-a");
+    assert_eq!(
+        count(&log, "step_completed"),
+        1,
+        "beta's report recorded nothing"
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use casework_auth::{AuthMethod, Caller};
+use casework_auth::Caller;
 use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::timestamp;
@@ -268,45 +268,6 @@ impl IntakeApi {
     }
 }
 
-/// The person a request names is the caller (DESIGN.md §5): a person
-/// actor must name the caller (or nobody, and the caller is recorded); any
-/// actor records how the caller was authenticated. With authentication off
-/// the request's claim is all there is and is kept as sent.
-fn vouch(
-    caller: &Caller,
-    actor: Option<pb::Actor>,
-) -> std::result::Result<Option<pb::Actor>, Status> {
-    let p = &caller.principal;
-    if p.method == AuthMethod::Unchecked {
-        return Ok(actor);
-    }
-    let authenticated_by = format!("{} sub={}", p.method.describe(), p.subject);
-    let person = pb::ActorKind::Person as i32;
-    Ok(Some(match actor {
-        Some(a) if a.kind == person => pb::Actor {
-            kind: person,
-            id: caller.as_person(&a.id)?,
-            display_name: p.display_name(&a.display_name),
-            authenticated_by,
-        },
-        // A customer or a system the caller acts for: kept, with who
-        // recorded it.
-        Some(a) => pb::Actor {
-            authenticated_by,
-            ..a
-        },
-        None => pb::Actor {
-            kind: match p.method {
-                AuthMethod::Certificate { .. } => pb::ActorKind::System as i32,
-                _ => person,
-            },
-            id: p.subject.clone(),
-            display_name: p.display_name(""),
-            authenticated_by,
-        },
-    }))
-}
-
 #[tonic::async_trait]
 impl api::intake_server::Intake for IntakeApi {
     async fn open_case(
@@ -316,7 +277,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let mut req = request.into_inner();
         caller.for_tenant(&validate::tenant(&req.tenant)?)?;
-        req.opened_by = vouch(&caller, req.opened_by.take())?;
+        req.opened_by = caller.vouch(req.opened_by.take())?;
         Ok(Response::new(IntakeApi::open_case(self, req).await?))
     }
 
@@ -327,7 +288,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let mut req = validate::record_interaction(&request.into_inner())?;
         caller.for_tenant(&req.tenant)?;
-        req.payload.actor = vouch(&caller, req.payload.actor.take())?;
+        req.payload.actor = caller.vouch(req.payload.actor.take())?;
         let recorded = self.record(req, Payload::InteractionRecorded).await?;
         Ok(Response::new(api::RecordInteractionResponse {
             recorded: Some(recorded),
@@ -354,7 +315,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let mut req = validate::withdraw_case(&request.into_inner())?;
         caller.for_tenant(&req.tenant)?;
-        req.payload.actor = vouch(&caller, req.payload.actor.take())?;
+        req.payload.actor = caller.vouch(req.payload.actor.take())?;
         let recorded = self
             .record(req, |w: pb::CaseWithdrawn| Payload::CaseWithdrawn(w))
             .await?;

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use casework_auth::Caller;
 use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::{self, from_timestamp};
@@ -235,13 +236,29 @@ pub fn subscription_filter(req: &api::SubscribeRequest) -> Result<Filter> {
     Ok(filter)
 }
 
+/// A request for one tenant needs the role there; one for every tenant
+/// (no tenant given) needs it for all.
+fn for_tenant_or_all(caller: &Caller, tenant: Option<&str>) -> Result<(), Status> {
+    match tenant {
+        Some(t) => caller
+            .for_tenant(&Tenant::parse(t).map_err(|e| Status::invalid_argument(e.to_string()))?),
+        None => caller.for_all_tenants(),
+    }
+}
+
 #[tonic::async_trait]
 impl Ledger for LedgerApi {
     async fn get_history(
         &self,
         request: Request<api::GetHistoryRequest>,
     ) -> Result<Response<api::GetHistoryResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
+        caller.for_tenant(
+            &case_key(&req.tenant, &req.case_id)
+                .map_err(to_status)?
+                .tenant,
+        )?;
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             let size = match req.page_size {
@@ -286,7 +303,13 @@ impl Ledger for LedgerApi {
         &self,
         request: Request<api::GetCaseRequest>,
     ) -> Result<Response<api::CaseSummary>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
+        caller.for_tenant(
+            &case_key(&req.tenant, &req.case_id)
+                .map_err(to_status)?
+                .tenant,
+        )?;
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
@@ -309,7 +332,13 @@ impl Ledger for LedgerApi {
         &self,
         request: Request<api::ReplayCaseRequest>,
     ) -> Result<Response<Self::ReplayCaseStream>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
+        caller.for_tenant(
+            &case_key(&req.tenant, &req.case_id)
+                .map_err(to_status)?
+                .tenant,
+        )?;
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
@@ -330,7 +359,13 @@ impl Ledger for LedgerApi {
         &self,
         request: Request<api::VerifyCaseRequest>,
     ) -> Result<Response<api::CaseVerification>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
+        caller.for_tenant(
+            &case_key(&req.tenant, &req.case_id)
+                .map_err(to_status)?
+                .tenant,
+        )?;
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             self.verify_case(key, req.archive_only).await
@@ -344,8 +379,10 @@ impl Ledger for LedgerApi {
         &self,
         request: Request<api::VerifyAllRequest>,
     ) -> Result<Response<Self::VerifyAllStream>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let tenant = token("tenant", &req.tenant, Tenant::parse).map_err(to_status)?;
+        for_tenant_or_all(&caller, tenant.as_deref())?;
         let archive = self.archive.clone();
         let cases = blocking(move || archive.cases(tenant.as_deref()))
             .await
@@ -396,7 +433,13 @@ impl Ledger for LedgerApi {
         &self,
         request: Request<api::ExportCaseRequest>,
     ) -> Result<Response<api::ExportCaseResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
+        caller.for_tenant(
+            &case_key(&req.tenant, &req.case_id)
+                .map_err(to_status)?
+                .tenant,
+        )?;
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
@@ -429,8 +472,10 @@ impl Ledger for LedgerApi {
         &self,
         request: Request<api::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let filter = subscription_filter(&req).map_err(to_status)?;
+        for_tenant_or_all(&caller, filter.tenant.as_deref())?;
         let next = self.start_of(&req).await.map_err(to_status)?;
         let (tx, rx) = mpsc::channel(self.subscribe_batch.max(1));
         tokio::spawn(serve_subscription(

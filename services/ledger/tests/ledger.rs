@@ -715,3 +715,90 @@ async fn history_pages_and_bad_requests() {
     );
     ledger.stop().await;
 }
+
+/// A call with a bearer token.
+fn as_caller<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant() {
+    use casework_auth::{Role, dev::DevIssuer};
+    let (nats, log) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = DevIssuer::load_or_create(&dir.path().join("auth")).unwrap();
+    let mut o = options(&nats.url(), &dir.path().join("ledger"));
+    o.auth = issuer.settings();
+    let ledger = Ledger::start(o).await;
+    let acme = sample(log.as_ref(), "acme", false).await;
+    let beta = sample(log.as_ref(), "beta", false).await;
+    let hour = std::time::Duration::from_secs(3600);
+    let auditor = issuer
+        .mint("audrey", None, &["acme"], &[Role::Auditor], hour)
+        .unwrap();
+    let root = issuer
+        .mint("root", None, &["*"], &[Role::Auditor], hour)
+        .unwrap();
+    let agent = issuer
+        .mint("ada", None, &["acme"], &[Role::Agent], hour)
+        .unwrap();
+    let history = |case: &casework_caselog::CaseKey| api::GetHistoryRequest {
+        tenant: case.tenant.to_string(),
+        case_id: case.case_id.to_string(),
+        page_size: 100,
+        page_token: String::new(),
+    };
+    let mut c = ledger.client.clone();
+    let got = casework_testkit::eventually(WAIT, "acme's history", || {
+        let (mut c, req, t) = (c.clone(), history(&acme), auditor.clone());
+        async move {
+            let h = c.get_history(as_caller(req, &t)).await.ok()?.into_inner();
+            (!h.events.is_empty()).then_some(h)
+        }
+    })
+    .await;
+    assert!(!got.events.is_empty());
+    for (token, req, code) in [
+        (&auditor, history(&beta), tonic::Code::PermissionDenied),
+        (&agent, history(&acme), tonic::Code::PermissionDenied),
+    ] {
+        let e = c.get_history(as_caller(req, token)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    let e = c.get_history(history(&acme)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // VerifyAll over every tenant needs the role for all of them.
+    let e = c
+        .verify_all(as_caller(api::VerifyAllRequest::default(), &auditor))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(e.message().contains("tenant *"), "{}", e.message());
+    assert!(
+        c.verify_all(as_caller(api::VerifyAllRequest::default(), &root))
+            .await
+            .is_ok()
+    );
+    // A subscription names its tenant unless the caller may read them all.
+    let integrator = issuer
+        .mint("feed", None, &["acme"], &[Role::Integrator], hour)
+        .unwrap();
+    let e = c
+        .subscribe(as_caller(api::SubscribeRequest::default(), &integrator))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let other = api::SubscribeRequest {
+        tenant: "beta".into(),
+        ..Default::default()
+    };
+    let e = c
+        .subscribe(as_caller(other, &integrator))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    ledger.stop().await;
+}

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use casework_auth::Caller;
 use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::timestamp;
@@ -82,6 +83,38 @@ fn person(a: Option<&api::Approver>) -> Result<pb::Actor> {
     })
 }
 
+/// The approver is the caller: an approver naming someone else is refused,
+/// none means the caller (their token's name shown); with authentication
+/// off the request's claim is kept. Returns it with how the caller was
+/// authenticated.
+fn approver_of(
+    caller: &Caller,
+    given: Option<api::Approver>,
+) -> std::result::Result<(Option<api::Approver>, String), Status> {
+    if caller.principal.method == casework_auth::AuthMethod::Unchecked {
+        return Ok((given, String::new()));
+    }
+    let claimed = given.map(|a| pb::Actor {
+        kind: pb::ActorKind::Person as i32,
+        id: a.id,
+        display_name: a.display_name,
+        authenticated_by: String::new(),
+    });
+    let actor = caller
+        .vouch(claimed.or(Some(pb::Actor {
+            kind: pb::ActorKind::Person as i32,
+            ..Default::default()
+        })))?
+        .expect("vouched");
+    Ok((
+        Some(api::Approver {
+            id: actor.id,
+            display_name: actor.display_name,
+        }),
+        actor.authenticated_by,
+    ))
+}
+
 fn waiting(r: &Recovery) -> api::Waiting {
     if r.pending_compensations().any(|c| c.requires_approval) {
         api::Waiting::Approval
@@ -154,6 +187,7 @@ impl RecoveryApi {
         case_id: &str,
         comp_id: &str,
         approver: Option<&api::Approver>,
+        authenticated_by: String,
         verdict: Verdict,
     ) -> Result<api::CompensationDecision> {
         let case = case_key(tenant, case_id)?;
@@ -163,7 +197,10 @@ impl RecoveryApi {
                 why: "is empty; pass the id listed by ListPendingApprovals (e.g. \"r1-c2\")".into(),
             });
         }
-        let actor = person(approver)?;
+        let actor = pb::Actor {
+            authenticated_by,
+            ..person(approver)?
+        };
         if let Verdict::Decline { reason } = &verdict
             && reason.trim().is_empty()
         {
@@ -332,8 +369,10 @@ impl api::recovery_server::Recovery for RecoveryApi {
         &self,
         request: Request<api::ListOpenRecoveriesRequest>,
     ) -> Result<Response<api::ListOpenRecoveriesResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let t = tenant(&r.tenant).map_err(to_status)?;
+        caller.for_tenant(&t)?;
         let (views, limit) = (self.views.clone(), self.page_size(r.page_size));
         let (rows, next) = casework_runtime::store::blocking(move || {
             views.open_recoveries(t.as_str(), &r.page_token, limit)
@@ -350,8 +389,10 @@ impl api::recovery_server::Recovery for RecoveryApi {
         &self,
         request: Request<api::ListPendingApprovalsRequest>,
     ) -> Result<Response<api::ListPendingApprovalsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let t = tenant(&r.tenant).map_err(to_status)?;
+        caller.for_tenant(&t)?;
         let (views, limit) = (self.views.clone(), self.page_size(r.page_size));
         let (rows, next) = casework_runtime::store::blocking(move || {
             views.pending_approvals(t.as_str(), &r.page_token, limit)
@@ -368,12 +409,16 @@ impl api::recovery_server::Recovery for RecoveryApi {
         &self,
         request: Request<api::ApproveCompensationRequest>,
     ) -> Result<Response<api::CompensationDecision>, Status> {
-        let r = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut r = request.into_inner();
+        caller.for_tenant(&tenant(&r.tenant).map_err(to_status)?)?;
+        let (approver, authenticated_by) = approver_of(&caller, r.approver.take())?;
         self.decide_comp(
             &r.tenant,
             &r.case_id,
             &r.compensation_id,
-            r.approver.as_ref(),
+            approver.as_ref(),
+            authenticated_by,
             Verdict::Approve { note: r.note },
         )
         .await
@@ -385,12 +430,16 @@ impl api::recovery_server::Recovery for RecoveryApi {
         &self,
         request: Request<api::DeclineCompensationRequest>,
     ) -> Result<Response<api::CompensationDecision>, Status> {
-        let r = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut r = request.into_inner();
+        caller.for_tenant(&tenant(&r.tenant).map_err(to_status)?)?;
+        let (approver, authenticated_by) = approver_of(&caller, r.approver.take())?;
         self.decide_comp(
             &r.tenant,
             &r.case_id,
             &r.compensation_id,
-            r.approver.as_ref(),
+            approver.as_ref(),
+            authenticated_by,
             Verdict::Decline { reason: r.reason },
         )
         .await
@@ -402,8 +451,10 @@ impl api::recovery_server::Recovery for RecoveryApi {
         &self,
         request: Request<api::GetCaseRecoveriesRequest>,
     ) -> Result<Response<api::GetCaseRecoveriesResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let case = case_key(&r.tenant, &r.case_id).map_err(to_status)?;
+        caller.for_tenant(&case.tenant)?;
         // The held projection, brought up to date (one read of what follows
         // its head), under the case's lock.
         let _guard = lock_case(SERVICE, &case).await;
@@ -422,8 +473,9 @@ impl api::recovery_server::Recovery for RecoveryApi {
 
     async fn list_parked_cases(
         &self,
-        _request: Request<api::ListParkedCasesRequest>,
+        request: Request<api::ListParkedCasesRequest>,
     ) -> Result<Response<api::ListParkedCasesResponse>, Status> {
+        Caller::of(&request)?.for_all_tenants()?;
         let cases = self
             .parked
             .list()

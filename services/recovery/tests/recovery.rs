@@ -50,11 +50,13 @@ struct Replica {
 
 impl Replica {
     async fn start(server: &NatsServer, instance: &str) -> Self {
+        Self::start_with(server, options(server, instance)).await
+    }
+
+    async fn start_with(_server: &NatsServer, o: ServiceOptions) -> Self {
         casework_runtime::init_logging(&Default::default());
         let shutdown = Shutdown::new();
-        let running = start(options(server, instance), shutdown.clone())
-            .await
-            .unwrap();
+        let running = start(o, shutdown.clone()).await.unwrap();
         Replica {
             running: Some(running),
             shutdown,
@@ -750,4 +752,116 @@ async fn two_replicas_do_not_duplicate_actions() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// A call with a bearer token.
+fn as_caller<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_supervisor_of_the_tenant_approves_and_is_recorded_as_who_they_are() {
+    use casework_auth::{Role, dev::DevIssuer};
+    let server = NatsServer::start_with(&users());
+    let intake = log_as(&server, Writer::Intake).await;
+    let issuer = DevIssuer::load_or_create(&server.scratch_dir().join("auth")).unwrap();
+    let mut o = options(&server, "recovery-0");
+    o.auth = issuer.settings();
+    let mut recovery = Replica::start_with(&server, o).await;
+    let mut grpc = recovery.client().await;
+    let hour = Duration::from_secs(3600);
+    let dana = issuer
+        .mint(
+            "dana",
+            Some("Dana Scully"),
+            &["acme"],
+            &[Role::Supervisor],
+            hour,
+        )
+        .unwrap();
+    let elsewhere = issuer
+        .mint("eve", None, &["beta"], &[Role::Supervisor], hour)
+        .unwrap();
+    let agent = issuer
+        .mint("ada", None, &["acme"], &[Role::Agent], hour)
+        .unwrap();
+    let case = open_case(
+        &intake,
+        "installation_appointment",
+        Utc::now() + chrono::Duration::seconds(1),
+    )
+    .await;
+    let list = api::ListPendingApprovalsRequest {
+        tenant: "acme".into(),
+        ..Default::default()
+    };
+    let e = grpc.list_pending_approvals(list.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = grpc
+        .list_pending_approvals(as_caller(list.clone(), &elsewhere))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    eventually(Duration::from_secs(20), "a pending approval", || {
+        let (mut grpc, list, dana) = (grpc.clone(), list.clone(), dana.clone());
+        async move {
+            let r = grpc
+                .list_pending_approvals(as_caller(list, &dana))
+                .await
+                .ok()?
+                .into_inner();
+            r.approvals.into_iter().next()
+        }
+    })
+    .await;
+    let approve = |approver: Option<api::Approver>| api::ApproveCompensationRequest {
+        tenant: "acme".into(),
+        case_id: case.case_id.to_string(),
+        compensation_id: "r1-c2".into(),
+        approver,
+        note: "loyal customer".into(),
+    };
+    let cfo = Some(api::Approver {
+        id: "anyone-at-all".into(),
+        display_name: "Definitely The CFO".into(),
+    });
+    for (token, approver, code) in [
+        (&dana, cfo.clone(), tonic::Code::PermissionDenied),
+        (&agent, None, tonic::Code::PermissionDenied),
+        (&elsewhere, None, tonic::Code::PermissionDenied),
+    ] {
+        let e = grpc
+            .approve_compensation(as_caller(approve(approver), token))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    let log = intake.read(&case, 0).await.unwrap();
+    assert_eq!(count(&log, "compensation_approved"), 0, "nothing recorded");
+    grpc.approve_compensation(as_caller(approve(None), &dana))
+        .await
+        .unwrap();
+    let log = wait_for(&intake, &case, "the approval", |l| {
+        count(l, "compensation_approved") == 1
+    })
+    .await;
+    let by = log
+        .iter()
+        .find_map(|e| match &e.envelope.payload {
+            Some(Payload::CompensationApproved(a)) => a.approved_by.clone(),
+            _ => None,
+        })
+        .expect("approved_by");
+    assert_eq!(
+        (
+            by.id.as_str(),
+            by.display_name.as_str(),
+            by.authenticated_by.as_str()
+        ),
+        ("dana", "Dana Scully", "oidc:casework-dev sub=dana")
+    );
+    recovery.stop().await;
 }

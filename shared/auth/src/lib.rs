@@ -129,4 +129,53 @@ impl Caller {
             .as_person(claimed_id)
             .map_err(|r| self.refused(r))
     }
+
+    /// The person a request names is the caller (DESIGN.md §5): a person
+    /// actor must name the caller (or nobody, and the caller is recorded);
+    /// any actor records how the caller was authenticated. With
+    /// authentication off the request's claim is all there is and is kept
+    /// as sent.
+    pub fn vouch(
+        &self,
+        actor: Option<casework_domain::pb::Actor>,
+    ) -> Result<Option<casework_domain::pb::Actor>, tonic::Status> {
+        use casework_domain::pb;
+        let p = &self.principal;
+        if p.method == AuthMethod::Unchecked {
+            return Ok(actor);
+        }
+        let authenticated_by = format!("{} sub={}", p.method.describe(), p.subject);
+        let person = pb::ActorKind::Person as i32;
+        let name = |given: &str| {
+            let n = p.display_name(given);
+            if n.trim().is_empty() {
+                p.subject.clone()
+            } else {
+                n
+            }
+        };
+        Ok(Some(match actor {
+            Some(a) if a.kind == person => pb::Actor {
+                kind: person,
+                id: self.as_person(&a.id)?,
+                display_name: name(&a.display_name),
+                authenticated_by,
+            },
+            // A customer or a system the caller acts for: kept, with who
+            // recorded it.
+            Some(a) => pb::Actor {
+                authenticated_by,
+                ..a
+            },
+            None => pb::Actor {
+                kind: match p.method {
+                    AuthMethod::Certificate { .. } => pb::ActorKind::System as i32,
+                    _ => person,
+                },
+                id: p.subject.clone(),
+                display_name: name(""),
+                authenticated_by,
+            },
+        }))
+    }
 }
