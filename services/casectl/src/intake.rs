@@ -6,10 +6,10 @@ use casework_proto::intake::v1::intake_client::IntakeClient;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::{Channel, Error, Report, Result, Target, channel, parse_case, require_tenant};
+use crate::{Channel, Error, Report, Result, Target, parse_case, require_tenant};
 
-async fn client(url: &Target) -> Result<IntakeClient<tonic::transport::Channel>> {
-    Ok(IntakeClient::new(channel("intake", url).await?))
+async fn client(url: &Target) -> Result<IntakeClient<crate::Authed>> {
+    Ok(IntakeClient::new(crate::authed("intake", url).await?))
 }
 
 /// Where the customer is in the purchase journey.

@@ -13,10 +13,10 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::{Error, Report, Result, Target, channel, parse_case, timeline};
+use crate::{Error, Report, Result, Target, parse_case, timeline};
 
-async fn client(url: &Target) -> Result<LedgerClient<tonic::transport::Channel>> {
-    Ok(LedgerClient::new(channel("ledger", url).await?).max_decoding_message_size(256 << 20))
+async fn client(url: &Target) -> Result<LedgerClient<crate::Authed>> {
+    Ok(LedgerClient::new(crate::authed("ledger", url).await?).max_decoding_message_size(256 << 20))
 }
 
 /// `replay`.
@@ -105,7 +105,7 @@ fn parse_at(at: &str) -> Result<(api::ReplayMode, u64, Option<prost_types::Times
 }
 
 async fn steps(
-    c: &mut LedgerClient<tonic::transport::Channel>,
+    c: &mut LedgerClient<crate::Authed>,
     req: api::ReplayCaseRequest,
 ) -> Result<Vec<api::ReplayStep>> {
     let mut s = c

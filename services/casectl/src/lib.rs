@@ -39,7 +39,7 @@ casectl verify --all\n  \
 casectl export acme/01JD8X3V5R6M2Q4T7W9Y0Z1A2B -o case.bundle.json && casectl verify --bundle case.bundle.json\n  \
 casectl tail --tenant acme --type promise_kept --json\n\n\
 Exit codes: 0 ok, 1 a verification found a break or the operation failed, 2 bad usage or input, \
-3 a server is unreachable, 4 not found."
+3 a server is unreachable, 4 not found, 5 refused (no credentials, bad ones, or not the role for that tenant)."
 )]
 pub struct Cli {
     /// Intake's gRPC endpoint.
@@ -62,6 +62,10 @@ pub struct Cli {
     /// `https://` endpoints (a deployment that serves gRPC over TLS).
     #[arg(long, global = true, env = "CASEWORK_CA_FILE", value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+    /// Bearer token sent with every call (services with `auth.mode =
+    /// required`); `casectl token` mints a development one.
+    #[arg(long, global = true, env = "CASEWORK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Tenant for a CASE given without one (and the default tenant of open
     /// and list).
     #[arg(long, global = true, env = "CASEWORK_TENANT")]
@@ -138,6 +142,39 @@ Examples:
   casectl dev --demo --rate 5 --duration 120"
     )]
     Dev(DevCli),
+    /// Mint a development bearer token with `casectl dev`'s signing key
+    /// (under --data-dir), for a person or machine with roles in tenants.
+    /// Prints the token; export it as CASEWORK_TOKEN.
+    #[command(
+        after_help = "Roles: agent, worker, specialist, supervisor, auditor, integrator, admin.\n\n\
+Examples:\n  export CASEWORK_TOKEN=$(casectl token --tenant acme --role agent --subject ada --name 'Ada Agent')\n  \
+casectl token --tenant '*' --role admin --subject ops --ttl 8h"
+    )]
+    Token(TokenCli),
+}
+
+/// Arguments of `casectl token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenCli {
+    /// Tenant the roles hold in (repeat for several; `*` for all).
+    #[arg(long = "for-tenant", alias = "in-tenant", required = true)]
+    pub tenants: Vec<String>,
+    /// Role (repeat for several).
+    #[arg(long = "role", required = true)]
+    pub roles: Vec<String>,
+    /// Who the token is for (its `sub`): a person's stable id or a
+    /// machine's name.
+    #[arg(long)]
+    pub subject: String,
+    /// Display name recorded beside the subject.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lifetime: `30m`, `1h`, `8h`, `2d` (at most 30 days).
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Where `casectl dev` keeps its data (the signing key is in `auth/`).
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
 }
 
 /// Arguments of `casectl dev`.
@@ -220,6 +257,9 @@ pub enum Error {
     /// The operation failed (exit 1).
     #[error("{0}")]
     Failed(String),
+    /// No credentials, bad ones, or not the role for this tenant (exit 5).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -230,6 +270,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Unreachable(_) => 3,
             Error::NotFound(_) => 4,
+            Error::Refused(_) => 5,
         }
     }
 
@@ -241,6 +282,10 @@ impl Error {
             Code::Unavailable => Error::Unreachable(m),
             Code::NotFound => Error::NotFound(m),
             Code::InvalidArgument | Code::OutOfRange => Error::Usage(m),
+            Code::Unauthenticated => Error::Refused(format!(
+                "{m} (pass --token or set CASEWORK_TOKEN; `casectl token` mints a development one)"
+            )),
+            Code::PermissionDenied => Error::Refused(m),
             _ => Error::Failed(format!("{m} ({:?})", s.code())),
         }
     }
@@ -289,6 +334,8 @@ pub struct Target {
     pub url: String,
     /// PEM file of the CA that signed the service's certificate.
     pub ca_file: Option<PathBuf>,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -297,8 +344,99 @@ impl Target {
         Self {
             url: url.to_owned(),
             ca_file: ca_file.map(PathBuf::from),
+            token: None,
         }
     }
+
+    /// The same, sending `token` with every call.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(str::to_owned);
+        self
+    }
+}
+
+/// Adds the bearer token (if any) to every call.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that sends the bearer token.
+pub type Authed =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// [`channel`] with `target`'s token on every call (exit 2 for a token
+/// that cannot be sent).
+pub async fn authed(what: &str, target: &Target) -> Result<Authed> {
+    let bearer = match &target.token {
+        None => None,
+        Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+            Error::Usage("--token (CASEWORK_TOKEN) is not a token: it holds characters a header cannot carry".into())
+        })?),
+    };
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel(what, target).await?,
+        Bearer(bearer),
+    ))
+}
+
+/// Parses a lifetime like `30m`, `1h`, `8h`, `2d`.
+pub fn parse_ttl(s: &str) -> Result<std::time::Duration> {
+    let bad = || {
+        Error::Usage(format!(
+            "--ttl {s:?}: give a number with s, m, h or d (e.g. 30m, 8h), at most 30d"
+        ))
+    };
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    if secs == 0 || secs > 30 * 86_400 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// `casectl token`: a development token signed with `casectl dev`'s key.
+pub fn mint_token(a: &TokenCli) -> Result<String> {
+    let roles = a
+        .roles
+        .iter()
+        .map(|r| r.parse::<casework_auth::Role>().map_err(Error::Usage))
+        .collect::<Result<Vec<_>>>()?;
+    for t in &a.tenants {
+        if t != "*" {
+            casework_domain::Tenant::parse(t)
+                .map_err(|e| Error::Usage(format!("--for-tenant {t:?}: {e}")))?;
+        }
+    }
+    if a.subject.trim().is_empty() {
+        return Err(Error::Usage(
+            "--subject is empty: name who the token is for".into(),
+        ));
+    }
+    let ttl = parse_ttl(&a.ttl)?;
+    let issuer = casework_auth::dev::DevIssuer::load_or_create(&a.data_dir.join("auth"))
+        .map_err(Error::Usage)?;
+    let tenants: Vec<&str> = a.tenants.iter().map(String::as_str).collect();
+    issuer
+        .mint(&a.subject, a.name.as_deref(), &tenants, &roles, ttl)
+        .map_err(Error::Failed)
 }
 
 /// Connects a gRPC channel to `target` (exit 2 for a bad URL or TLS
@@ -381,8 +519,9 @@ pub fn output_path(given: Option<PathBuf>, suggested: &str) -> PathBuf {
 /// as events arrive to `out`).
 pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Option<Report>> {
     let tenant = cli.tenant.as_deref();
-    let intake = Target::new(&cli.intake, cli.ca_file.as_deref());
-    let ledger = Target::new(&cli.ledger, cli.ca_file.as_deref());
+    let token = cli.token.as_deref();
+    let intake = Target::new(&cli.intake, cli.ca_file.as_deref()).with_token(token);
+    let ledger = Target::new(&cli.ledger, cli.ca_file.as_deref()).with_token(token);
     match cli.command {
         Command::Open(a) => intake::open(&intake, tenant, a).await.map(Some),
         Command::Show(a) => intake::show(&intake, tenant, a).await.map(Some),
@@ -397,6 +536,11 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Opti
                 let _ = tokio::signal::ctrl_c().await;
             };
             ledger::tail(&ledger, tenant, a, cli.json, out, ctrl_c).await?;
+            Ok(None)
+        }
+        Command::Token(a) => {
+            let token = mint_token(&a)?;
+            writeln!(out, "{token}").map_err(|e| Error::Failed(e.to_string()))?;
             Ok(None)
         }
         Command::Dev(a) => {

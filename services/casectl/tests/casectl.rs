@@ -263,3 +263,96 @@ async fn auditors_replay_verify_export_and_tail() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_authentication_required_casectl_sends_the_token_it_minted() {
+    let server = NatsServer::start();
+    let client = connect(&NatsOptions {
+        url: server.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ensure_streams(&client, &StreamOptions::default())
+        .await
+        .unwrap();
+    let log = JetStreamLog::new(client, "test-0", None);
+    let (case, n) = a_case(&log).await;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    // The token first: it creates the development key the ledger trusts.
+    let (r, token) = run(&[
+        "token",
+        "--for-tenant",
+        case.tenant.as_str(),
+        "--role",
+        "auditor",
+        "--subject",
+        "audrey",
+        "--ttl",
+        "10m",
+        "--data-dir",
+        &data_dir,
+    ])
+    .await;
+    assert!(r.unwrap().is_none());
+    let token = token.trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let issuer = casework_auth::dev::DevIssuer::load_or_create(&data.path().join("auth")).unwrap();
+    let mut opts = casework_ledger::default_options();
+    opts.data_dir = data.path().join("ledger");
+    opts.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    opts.http_listen = "127.0.0.1:0".parse().unwrap();
+    opts.nats.url = server.url();
+    opts.auth = issuer.settings();
+    let shutdown = Shutdown::new();
+    let running = casework_ledger::start(opts, shutdown.clone())
+        .await
+        .unwrap();
+    let ledger = format!("http://{}", running.grpc);
+    let name = case.to_string();
+    eventually(Duration::from_secs(20), "case archived", || {
+        let (ledger, name, token) = (ledger.clone(), name.clone(), token.clone());
+        async move {
+            let (r, _) = run(&[
+                "--ledger", &ledger, "--token", &token, "--json", "replay", &name,
+            ])
+            .await;
+            r.ok().flatten().filter(|r| r.json["state"]["events"] == n)
+        }
+    })
+    .await;
+    // Without the token: refused, exit 5, and told how to fix it.
+    let (r, _) = run(&["--ledger", &ledger, "replay", &name]).await;
+    let e = r.unwrap_err();
+    assert_eq!(e.exit_code(), 5, "{e}");
+    assert!(e.to_string().contains("casectl token"), "{e}");
+    // Bad token arguments are usage errors.
+    for bad in [
+        vec![
+            "token",
+            "--for-tenant",
+            "acme",
+            "--role",
+            "cfo",
+            "--subject",
+            "x",
+        ],
+        vec![
+            "token",
+            "--for-tenant",
+            "acme",
+            "--role",
+            "agent",
+            "--subject",
+            "x",
+            "--ttl",
+            "99d",
+        ],
+    ] {
+        let (r, _) = run(&bad).await;
+        assert_eq!(r.unwrap_err().exit_code(), 2, "{bad:?}");
+    }
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}
