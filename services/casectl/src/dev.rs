@@ -217,9 +217,15 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         Vec::new()
     };
 
+    // Every service requires a token signed by the development issuer
+    // (its key and JWKS under <data-dir>/auth); the demo's people carry
+    // their own.
+    let issuer = casework_auth::dev::DevIssuer::load_or_create(&args.data_dir.join("auth"))
+        .map_err(|e| anyhow::anyhow!(e))?;
     macro_rules! start_service {
         ($krate:ident, $name:literal) => {{
             let mut o = $krate::default_options();
+            o.auth = issuer.settings();
             o.instance = format!("{}-dev", $name);
             o.data_dir = args.data_dir.join($name);
             o.nats = nats_settings(args.nats_port, $name, &creds);
@@ -234,7 +240,7 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let fulfilment = start_service!(casework_fulfilment, "fulfilment");
     let recovery = start_service!(casework_recovery, "recovery");
     println!(
-        "Casework is running (data in {}):\n  nats        nats://127.0.0.1:{} (users and passwords in {})\n  intake      http://{}   health http://{}/readyz\n  fulfilment  http://{}   health http://{}/readyz\n  recovery    http://{}   health http://{}/readyz\n  ledger      http://{}   health http://{}/readyz\nCtrl-C stops everything.",
+        "Casework is running (data in {}):\n  nats        nats://127.0.0.1:{} (users and passwords in {})\n  intake      http://{}   health http://{}/readyz\n  fulfilment  http://{}   health http://{}/readyz\n  recovery    http://{}   health http://{}/readyz\n  ledger      http://{}   health http://{}/readyz\nEvery call needs a token (development issuer, key in {}): export CASEWORK_TOKEN=$(casectl token --data-dir {} --for-tenant {} --role admin --subject you)\nCtrl-C stops everything.",
         args.data_dir.display(),
         args.nats_port,
         args.data_dir.join("credentials.json").display(),
@@ -246,6 +252,9 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         recovery.http,
         ledger.grpc,
         ledger.http,
+        args.data_dir.join("auth").display(),
+        args.data_dir.display(),
+        args.tenant,
     );
 
     let mut tasks = Vec::new();
@@ -263,7 +272,22 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
         ));
         let board = Arc::new(Mutex::new(Board::default()));
         let catalog = casework_catalog::Catalog::from_toml_str(DEMO_CATALOG, "demo/catalog.toml")?;
+        let month = Duration::from_secs(30 * 86_400);
+        let tenant = [args.tenant.as_str()];
+        let mint = |sub: &str, name: &str, role| {
+            issuer
+                .mint(sub, Some(name), &tenant, &[role], month)
+                .map_err(|e| anyhow::anyhow!(e))
+        };
+        use casework_auth::Role;
+        let tokens = DemoTokens {
+            agent: mint("agent-0017", "Alex Agent", Role::Agent)?,
+            worker: mint("demo-worker", "Demo worker", Role::Worker)?,
+            specialist: mint("agent-0042", "Dana Demo", Role::Specialist)?,
+            supervisor: mint("sup-7", "Sam Supervisor", Role::Supervisor)?,
+        };
         let demo = Arc::new(Demo {
+            tokens,
             tenant: args.tenant.clone(),
             intake: format!("http://{}", intake.grpc),
             fulfilment: format!("http://{}", fulfilment.grpc),
@@ -413,7 +437,17 @@ async fn print_summary(board: Arc<Mutex<Board>>, shutdown: Shutdown) {
     }
 }
 
+/// Tokens of the people the demo plays.
+struct DemoTokens {
+    agent: String,
+    worker: String,
+    specialist: String,
+    supervisor: String,
+}
+
 struct Demo {
+    /// The demo's people, each with their own token.
+    tokens: DemoTokens,
     tenant: String,
     intake: String,
     fulfilment: String,
@@ -471,9 +505,17 @@ fn stage_of(service: &casework_catalog::ServiceDef) -> pb::PurchaseStage {
 }
 
 impl Demo {
+    /// A channel to `url` carrying `token`.
+    async fn client(&self, what: &str, url: &str, token: &str) -> crate::Result<crate::Authed> {
+        crate::authed(what, &crate::Target::new(url, None).with_token(Some(token))).await
+    }
+
     async fn open_cases(self: Arc<Self>, rate: f64, shutdown: Shutdown) {
         use casework_proto::intake::v1 as api;
-        let Ok(mut client) = api::intake_client::IntakeClient::connect(self.intake.clone()).await
+        let Ok(mut client) = self
+            .client("intake", &self.intake, &self.tokens.agent)
+            .await
+            .map(api::intake_client::IntakeClient::new)
         else {
             eprintln!("demo: cannot reach intake at {}", self.intake);
             return;
@@ -551,8 +593,10 @@ impl Demo {
     /// tasks and completes most of them, fails a few.
     async fn work_external_tasks(self: Arc<Self>, shutdown: Shutdown) {
         use casework_proto::fulfilment::v1 as api;
-        let Ok(mut client) =
-            api::fulfilment_client::FulfilmentClient::connect(self.fulfilment.clone()).await
+        let Ok(mut client) = self
+            .client("fulfilment", &self.fulfilment, &self.tokens.worker)
+            .await
+            .map(api::fulfilment_client::FulfilmentClient::new)
         else {
             eprintln!("demo: cannot reach fulfilment at {}", self.fulfilment);
             return;
@@ -604,8 +648,10 @@ impl Demo {
     /// Plays the product specialists: completes manual steps as a person.
     async fn work_manual_tasks(self: Arc<Self>, shutdown: Shutdown) {
         use casework_proto::fulfilment::v1 as api;
-        let Ok(mut client) =
-            api::fulfilment_client::FulfilmentClient::connect(self.fulfilment.clone()).await
+        let Ok(mut client) = self
+            .client("fulfilment", &self.fulfilment, &self.tokens.specialist)
+            .await
+            .map(api::fulfilment_client::FulfilmentClient::new)
         else {
             return;
         };
@@ -664,8 +710,10 @@ impl Demo {
     /// person, declines some.
     async fn approve_compensations(self: Arc<Self>, shutdown: Shutdown) {
         use casework_proto::recovery::v1 as api;
-        let Ok(mut client) =
-            api::recovery_client::RecoveryClient::connect(self.recovery.clone()).await
+        let Ok(mut client) = self
+            .client("recovery", &self.recovery, &self.tokens.supervisor)
+            .await
+            .map(api::recovery_client::RecoveryClient::new)
         else {
             return;
         };
@@ -717,7 +765,10 @@ impl Demo {
     /// Plays the customers: rates closed cases, some badly.
     async fn give_feedback(self: Arc<Self>, shutdown: Shutdown) {
         use casework_proto::intake::v1 as api;
-        let Ok(mut client) = api::intake_client::IntakeClient::connect(self.intake.clone()).await
+        let Ok(mut client) = self
+            .client("intake", &self.intake, &self.tokens.agent)
+            .await
+            .map(api::intake_client::IntakeClient::new)
         else {
             return;
         };
