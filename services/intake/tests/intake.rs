@@ -867,3 +867,69 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
     shutdown.cancel();
     running.wait().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn another_writers_event_type_under_intakes_subject_is_refused_by_every_reader() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let intake = Intake::start(&nats, dir.path(), "intake-a").await;
+    let opened = intake.open(open_req("forge-1")).await.unwrap();
+    let k = key(&opened.case_id);
+    let log = reader(&nats).await;
+    let raw = log.read_raw(&k).await.unwrap();
+    let last = raw.last().unwrap();
+    // As intake could: fulfilment's promise_kept, chained on the real head,
+    // its envelope claiming writer=fulfilment, under intake's own subject.
+    let tip = casework_domain::ChainTip {
+        case_seq: raw.len() as u64,
+        hash: casework_domain::chain::hash(&last.bytes),
+    };
+    let kept = NewEvent {
+        event_id: EventId::derive(&k.case_id, "forged", "kept"),
+        occurred_at: chrono::Utc::now(),
+        causation_id: String::new(),
+        correlation_id: k.case_id.to_string(),
+        payload: Payload::PromiseKept(pb::PromiseKept::default()),
+    };
+    let sealed = casework_domain::seal(&k.tenant, &k.case_id, "intake-a", tip, vec![kept])
+        .unwrap()
+        .remove(0);
+    let subject = sealed.subject.replace(".fulfilment.", ".intake.");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.publish(subject, sealed.bytes.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A reader of the case refuses it, saying why.
+    let err = log.read(&k, 0).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("promise_kept events are written by fulfilment only"),
+        "{err}"
+    );
+    // Intake does not act on a case that holds it: the case is parked with
+    // the reason, not taken as kept.
+    let e = intake
+        .client
+        .clone()
+        .record_interaction(api::RecordInteractionRequest {
+            tenant: "acme".into(),
+            case_id: opened.case_id.clone(),
+            channel: pb::Channel::Phone as i32,
+            direction: pb::Direction::Inbound as i32,
+            summary: "where is my refund".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("written by fulfilment only"),
+        "{}",
+        e.message()
+    );
+    let c = intake.get("acme", &opened.case_id).await.unwrap();
+    assert_ne!(c.status, api::CaseStatus::Kept as i32);
+    intake.stop().await;
+}

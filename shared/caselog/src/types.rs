@@ -89,6 +89,17 @@ impl StoredEvent {
             subject: subject.clone(),
             why: e.to_string(),
         })?;
+        // Another writer's event type under this writer's subject (or an
+        // envelope that names another writer) is not an event of this case:
+        // every reader refuses it, so a service acting on the case parks it
+        // with this reason, and verification reports it.
+        if let Some(why) = casework_domain::verify::not_its_writers(&subject, &envelope) {
+            return Err(Error::Undecodable {
+                stream_seq,
+                subject,
+                why,
+            });
+        }
         Ok(Self {
             stream_seq,
             hash: casework_domain::chain::hash(&bytes),

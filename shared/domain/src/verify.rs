@@ -251,21 +251,37 @@ fn classify(tenant: &Tenant, case: &CaseId, r: &RawEvent) -> Item {
             env.sequence, env.tenant, env.case_id
         ));
     }
+    if let Some(why) = not_its_writers(&r.subject, &env) {
+        return foreign(why);
+    }
+    Item::Good(Box::new(env))
+}
+
+/// Why an event stored under `subject` is not genuine, if it is not: every
+/// event type has exactly one writer, and the subject's writer, the
+/// envelope's writer and the type's owner must be that one (the broker only
+/// checks the subject, so a service could otherwise store another
+/// service's event type under its own subject). Readers refuse such an
+/// event; verification reports it.
+pub fn not_its_writers(subject: &str, env: &Envelope) -> Option<String> {
+    let parts = match parse_subject(subject) {
+        Ok(p) => p,
+        Err(e) => return Some(format!("subject {subject:?}: {e}")),
+    };
     if env.event_type != parts.event_type.as_str()
         || env.writer != parts.writer.as_str()
         || parts.event_type.writer() != parts.writer
     {
-        return foreign(format!(
-            "event {} is a {} written by {} under subject {:?}; {} events are written by {} only",
+        return Some(format!(
+            "event {} is a {} written by {} under subject {subject:?}; {} events are written by {} only",
             env.sequence,
             env.event_type,
             env.writer,
-            r.subject,
             parts.event_type,
             parts.event_type.writer()
         ));
     }
-    Item::Good(Box::new(env))
+    None
 }
 
 #[cfg(test)]
