@@ -692,6 +692,18 @@ pub async fn run_timer_loop(
                 let _ = m.ack().await;
                 return Ok(None);
             };
+            if !timers.scheduled_by_us(&m.subject, m.headers.as_ref()) {
+                let by = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Scheduler"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                tracing::error!(service, subject = %m.subject, scheduler = %by, "a timer fire scheduled by someone else; ignored");
+                metrics::counter!("casework_timers_refused_total", "service" => service).increment(1);
+                let _ = m.ack().await;
+                return Ok(None);
+            }
             if Timers::is_cancellation(m.headers.as_ref()) {
                 // A closed case's timer, removed: nothing to wake.
                 let _ = m.ack().await;

@@ -137,6 +137,24 @@ impl Timers {
             .is_some_and(|v| v.as_str() == "cancelled")
     }
 
+    /// Whether a fire on `subject` came from this writer's own schedule for
+    /// it. The broker lets a writer publish only under its own `timer.`
+    /// subjects, but a schedule's target is not checked: another writer
+    /// could aim one at our fire subject. A fired message names the
+    /// schedule that produced it (`Nats-Scheduler`), which must be ours
+    /// for the same kind and case; a message without one was published on
+    /// the fire subject directly, which only this writer may do.
+    pub fn scheduled_by_us(&self, subject: &str, headers: Option<&HeaderMap>) -> bool {
+        let Some(scheduler) = headers.and_then(|h| h.get("Nats-Scheduler")) else {
+            return true;
+        };
+        let own = format!("timer.{}.fire.", self.writer);
+        let Some(rest) = subject.strip_prefix(&own) else {
+            return false;
+        };
+        scheduler.as_str() == format!("timer.{}.sched.{rest}", self.writer)
+    }
+
     /// Parses a fire subject of this writer.
     pub fn parse_fire(&self, subject: &str) -> Option<Fire> {
         let mut it = subject.split('.');

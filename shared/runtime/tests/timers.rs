@@ -187,3 +187,57 @@ async fn a_cancelled_timer_never_fires_and_leaves_nothing_behind() {
             tokio::time::timeout(Duration::from_millis(200), std::future::pending::<()>()).await;
     }
 }
+
+#[tokio::test]
+async fn a_fire_aimed_at_another_writer_is_told_apart_from_its_own() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let recovery = Timers::new(client.clone(), Writer::Recovery);
+    let mut fired = fires(&client, &recovery.fire_filter()).await;
+    let case: CaseKey = new_case("acme");
+    // Intake's own schedule subject, aimed at recovery's fire subject.
+    let at = Utc::now() + chrono::Duration::seconds(1);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        "Nats-Schedule",
+        format!(
+            "@at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+        .as_str(),
+    );
+    let target = format!(
+        "timer.recovery.fire.deadline.{}.{}",
+        case.tenant, case.case_id
+    );
+    h.insert("Nats-Schedule-Target", target.as_str());
+    let js = jetstream::new(client.clone());
+    js.publish_with_headers(
+        format!(
+            "timer.intake.sched.deadline.{}.{}",
+            case.tenant, case.case_id
+        ),
+        h,
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let forged = tokio::time::timeout(Duration::from_secs(10), fired.next())
+        .await
+        .expect("the forged fire arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(forged.subject.as_str(), target);
+    assert!(!recovery.scheduled_by_us(&forged.subject, forged.headers.as_ref()));
+    forged.ack().await.unwrap();
+    // Recovery's own schedule for the same case is its own.
+    recovery.schedule("deadline", &case, at).await.unwrap();
+    let own = tokio::time::timeout(Duration::from_secs(10), fired.next())
+        .await
+        .expect("the own fire arrives")
+        .unwrap()
+        .unwrap();
+    assert!(recovery.scheduled_by_us(&own.subject, own.headers.as_ref()));
+}
