@@ -424,11 +424,39 @@ pub async fn run_feed(
     wake: mpsc::Sender<CaseKey>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // A tail that fails (the broker restarted and its ordered consumer is
+    // gone, a heartbeat missed) is followed again from the checkpoint, as
+    // the other read models do: the views never stop while the service runs.
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match feed_once(&client, &views, &caught_up, &wake, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, ?pause, "recovery views: the tail failed; following again from the checkpoint");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Follows the feed from the checkpoint until shutdown (`Ok`) or until the
+/// tail fails (`Err`).
+async fn feed_once(
+    client: &async_nats::Client,
+    views: &Views,
+    caught_up: &watch::Sender<bool>,
+    wake: &mpsc::Sender<CaseKey>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
     let from = {
         let v = views.clone();
         casework_runtime::store::blocking(move || v.checkpoint()).await?
     };
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let stream = js
         .get_stream_no_info(CASES_STREAM)
         .await
@@ -472,6 +500,9 @@ pub async fn run_feed(
                 .map_err(|e| anyhow::anyhow!("recovery views: {e}"))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
             match casework_domain::chain::decode(&m.payload) {
+                Ok(env) if casework_domain::verify::not_its_writers(&m.subject, &env).is_some() => {
+                    tracing::error!(stream_seq = seq, subject = %m.subject, "an event its subject's writer does not own, skipped by the views")
+                }
                 Ok(env) => batch.push((seq, env)),
                 Err(e) => {
                     tracing::error!(stream_seq = seq, subject = %m.subject, error = %e, "undecodable recovery event skipped by the views")

@@ -865,3 +865,82 @@ async fn only_a_supervisor_of_the_tenant_approves_and_is_recorded_as_who_they_ar
     );
     recovery.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_views_follow_the_log_again_after_the_broker_restarts() {
+    let mut server = NatsServer::start_with(&users());
+    let mut recovery = Replica::start(&server, "recovery-0").await;
+    let mut grpc = recovery.client().await;
+    let views_consumer = |url: String| async move {
+        let admin =
+            async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+                .connect(url)
+                .await
+                .ok()?;
+        let stream = async_nats::jetstream::new(admin)
+            .get_stream("CASES")
+            .await
+            .ok()?;
+        let mut names = stream.consumer_names();
+        while let Some(Ok(n)) = futures::StreamExt::next(&mut names).await {
+            if n.starts_with("recovery-views-") {
+                return Some((stream, n));
+            }
+        }
+        None
+    };
+    // Running: its views follow the log.
+    eventually(Duration::from_secs(30), "the views' consumer", || {
+        views_consumer(server.url())
+    })
+    .await;
+    // The broker restarts (the views' ordered consumer is gone with it),
+    // and the one the views follow with next is deleted from under them.
+    server.restart();
+    let (stream, name) = eventually(
+        Duration::from_secs(30),
+        "the views' consumer after the restart",
+        || views_consumer(server.url()),
+    )
+    .await;
+    stream.delete_consumer(&name).await.unwrap();
+    let intake = log_as(&server, Writer::Intake).await;
+    // A case that needs a person's approval, opened after all that: it is
+    // listed only if the views follow the log again.
+    let case = open_case(
+        &intake,
+        "installation_appointment",
+        Utc::now() + chrono::Duration::seconds(1),
+    )
+    .await;
+    let pending = eventually(
+        Duration::from_secs(60),
+        "a pending approval after the restart",
+        || {
+            let mut grpc = grpc.clone();
+            async move {
+                let r = grpc
+                    .list_pending_approvals(api::ListPendingApprovalsRequest {
+                        tenant: "acme".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                r.approvals.into_iter().next()
+            }
+        },
+    )
+    .await;
+    assert_eq!(pending.case_id, case.case_id.as_str());
+    // And the service is still serving.
+    assert!(
+        grpc.list_open_recoveries(api::ListOpenRecoveriesRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .is_ok()
+    );
+    recovery.stop().await;
+}

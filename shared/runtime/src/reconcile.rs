@@ -615,6 +615,42 @@ async fn drive(
     Ok(())
 }
 
+/// Opens a loop's consumer, asking again with a backoff while the broker
+/// does not answer or is not ready (a restart during start, a cluster
+/// electing leaders): a service does not stop because its broker blinked.
+/// A refusal that waiting cannot fix (a consumer with other filters, no
+/// permission) is returned. `None`: shutdown came first.
+async fn until_ready<T, F, Fut>(
+    service: &'static str,
+    durable: &str,
+    shutdown: &Shutdown,
+    mut open: F,
+) -> anyhow::Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LogError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match open().await {
+            Ok(t) => return Ok(Some(t)),
+            Err(
+                e @ (LogError::Rejected { .. } | LogError::Misuse(_) | LogError::Forbidden { .. }),
+            ) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!(service, consumer = durable, error = %e, ?pause, "consumer not ready; asking again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Runs the case-log loop until `shutdown`: every delivery matching `cfg.filters`
 /// wakes its case.
 pub async fn run_case_loop(
@@ -625,7 +661,14 @@ pub async fn run_case_loop(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let service = cfg.service;
-    let deliveries = log.consume(&cfg.durable, &cfg.filters).await?;
+    let deliveries = match until_ready(service, &cfg.durable, &shutdown, || {
+        log.consume(&cfg.durable, &cfg.filters)
+    })
+    .await?
+    {
+        Some(d) => d,
+        None => return Ok(()),
+    };
     let wakes = deliveries.then(move |d| async move {
         let d = d?;
         let case = match d.case() {
@@ -665,25 +708,33 @@ pub async fn run_timer_loop(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let js = jetstream::new(client);
-    let stream = js
-        .get_stream_no_info(casework_caselog::TIMERS_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("timers stream: {e}"))?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &cfg.durable,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(cfg.durable.clone()),
-                filter_subject: timers.fire_filter(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("timer consumer {}: {e}", cfg.durable))?;
     let service = cfg.service;
-    let messages = consumer.messages().await?;
+    let open = || async {
+        let stream = js
+            .get_stream_no_info(casework_caselog::TIMERS_STREAM)
+            .await
+            .map_err(|e| LogError::Nats(format!("timers stream: {e}")))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &cfg.durable,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(cfg.durable.clone()),
+                    filter_subject: timers.fire_filter(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| LogError::Nats(format!("timer consumer {}: {e}", cfg.durable)))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| LogError::Nats(format!("timer consumer {}: {e}", cfg.durable)))
+    };
+    let Some(messages) = until_ready(service, &cfg.durable, &shutdown, open).await? else {
+        return Ok(());
+    };
     let wakes = messages.then(move |m| {
         let timers = timers.clone();
         async move {
