@@ -496,14 +496,6 @@ async fn reqwest_metrics(addr: std::net::SocketAddr) -> String {
     out
 }
 
-/// A call with a bearer token.
-fn as_caller<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 #[tokio::test]
 async fn a_worker_sees_and_reports_only_its_tenants_tasks() {
     use casework_auth::{Role, dev::DevIssuer};
@@ -534,7 +526,7 @@ async fn a_worker_sees_and_reports_only_its_tenants_tasks() {
     assert_eq!(e.code(), Code::Unauthenticated);
     // Tenant beta's worker waits out its poll and gets nothing of acme's.
     let none = c
-        .poll_tasks(as_caller(poll("worker-b"), &beta))
+        .poll_tasks(casework_auth::dev::bearer(poll("worker-b"), &beta))
         .await
         .unwrap()
         .into_inner();
@@ -543,7 +535,7 @@ async fn a_worker_sees_and_reports_only_its_tenants_tasks() {
         let (mut c, acme) = (c.clone(), acme.clone());
         async move {
             let r = c
-                .poll_tasks(as_caller(poll("worker-a"), &acme))
+                .poll_tasks(casework_auth::dev::bearer(poll("worker-a"), &acme))
                 .await
                 .ok()?
                 .into_inner();
@@ -559,11 +551,11 @@ async fn a_worker_sees_and_reports_only_its_tenants_tasks() {
         worker_id: worker.into(),
     };
     let e = c
-        .complete_task(as_caller(complete("worker-b"), &beta))
+        .complete_task(casework_auth::dev::bearer(complete("worker-b"), &beta))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    c.complete_task(as_caller(complete("worker-a"), &acme))
+    c.complete_task(casework_auth::dev::bearer(complete("worker-a"), &acme))
         .await
         .unwrap();
     let log = w.reader.read(&case, 0).await.unwrap();

@@ -734,16 +734,6 @@ async fn health_and_reflection() {
     intake.stop().await;
 }
 
-/// A call with `token` as its bearer credential.
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
-
 #[tokio::test]
 async fn with_authentication_required_only_the_right_person_acts_and_is_recorded_as_who_they_are() {
     use casework_auth::{Role, dev::DevIssuer};
@@ -782,7 +772,9 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
     let mut victim = open_req("a2");
     victim.tenant = "victim-corp".into();
     refused(
-        c.open_case(with_token(victim, &ada)).await.unwrap_err(),
+        c.open_case(casework_auth::dev::bearer(victim, &ada))
+            .await
+            .unwrap_err(),
         Code::PermissionDenied,
         "needs the agent role there",
     );
@@ -790,7 +782,7 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
         .mint("sam", None, &["acme"], &[Role::Supervisor], hour)
         .unwrap();
     refused(
-        c.open_case(with_token(open_req("a3"), &sam))
+        c.open_case(casework_auth::dev::bearer(open_req("a3"), &sam))
             .await
             .unwrap_err(),
         Code::PermissionDenied,
@@ -801,7 +793,7 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
         .mint("ada", None, &["acme"], &[Role::Agent, Role::Admin], hour)
         .unwrap();
     refused(
-        c.open_case(with_token(open_req("a5"), &forged))
+        c.open_case(casework_auth::dev::bearer(open_req("a5"), &forged))
             .await
             .unwrap_err(),
         Code::Unauthenticated,
@@ -815,7 +807,9 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
         authenticated_by: String::new(),
     });
     refused(
-        c.open_case(with_token(cfo, &ada)).await.unwrap_err(),
+        c.open_case(casework_auth::dev::bearer(cfo, &ada))
+            .await
+            .unwrap_err(),
         Code::PermissionDenied,
         "anyone-at-all",
     );
@@ -824,7 +818,7 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
 
     // The right person opens a case and is recorded as who they are.
     let opened = c
-        .open_case(with_token(open_req("a7"), &ada))
+        .open_case(casework_auth::dev::bearer(open_req("a7"), &ada))
         .await
         .unwrap()
         .into_inner();
@@ -843,10 +837,16 @@ async fn with_authentication_required_only_the_right_person_acts_and_is_recorded
         tenant: "acme".into(),
         case_id: opened.case_id.clone(),
     };
-    assert!(c.get_case(with_token(get.clone(), &ada)).await.is_ok());
+    assert!(
+        c.get_case(casework_auth::dev::bearer(get.clone(), &ada))
+            .await
+            .is_ok()
+    );
     get.tenant = "victim-corp".into();
     refused(
-        c.get_case(with_token(get, &ada)).await.unwrap_err(),
+        c.get_case(casework_auth::dev::bearer(get, &ada))
+            .await
+            .unwrap_err(),
         Code::PermissionDenied,
         "victim-corp",
     );

@@ -716,14 +716,6 @@ async fn history_pages_and_bad_requests() {
     ledger.stop().await;
 }
 
-/// A call with a bearer token.
-fn as_caller<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 #[tokio::test]
 async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant() {
     use casework_auth::{Role, dev::DevIssuer};
@@ -755,7 +747,11 @@ async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant()
     let got = casework_testkit::eventually(WAIT, "acme's history", || {
         let (mut c, req, t) = (c.clone(), history(&acme), auditor.clone());
         async move {
-            let h = c.get_history(as_caller(req, &t)).await.ok()?.into_inner();
+            let h = c
+                .get_history(casework_auth::dev::bearer(req, &t))
+                .await
+                .ok()?
+                .into_inner();
             (!h.events.is_empty()).then_some(h)
         }
     })
@@ -765,29 +761,41 @@ async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant()
         (&auditor, history(&beta), tonic::Code::PermissionDenied),
         (&agent, history(&acme), tonic::Code::PermissionDenied),
     ] {
-        let e = c.get_history(as_caller(req, token)).await.unwrap_err();
+        let e = c
+            .get_history(casework_auth::dev::bearer(req, token))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), code, "{e:?}");
     }
     let e = c.get_history(history(&acme)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     // VerifyAll over every tenant needs the role for all of them.
     let e = c
-        .verify_all(as_caller(api::VerifyAllRequest::default(), &auditor))
+        .verify_all(casework_auth::dev::bearer(
+            api::VerifyAllRequest::default(),
+            &auditor,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("tenant *"), "{}", e.message());
     assert!(
-        c.verify_all(as_caller(api::VerifyAllRequest::default(), &root))
-            .await
-            .is_ok()
+        c.verify_all(casework_auth::dev::bearer(
+            api::VerifyAllRequest::default(),
+            &root
+        ))
+        .await
+        .is_ok()
     );
     // A subscription names its tenant unless the caller may read them all.
     let integrator = issuer
         .mint("feed", None, &["acme"], &[Role::Integrator], hour)
         .unwrap();
     let e = c
-        .subscribe(as_caller(api::SubscribeRequest::default(), &integrator))
+        .subscribe(casework_auth::dev::bearer(
+            api::SubscribeRequest::default(),
+            &integrator,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
@@ -796,7 +804,7 @@ async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant()
         ..Default::default()
     };
     let e = c
-        .subscribe(as_caller(other, &integrator))
+        .subscribe(casework_auth::dev::bearer(other, &integrator))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);

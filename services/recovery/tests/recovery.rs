@@ -754,14 +754,6 @@ async fn two_replicas_do_not_duplicate_actions() {
     b.stop().await;
 }
 
-/// A call with a bearer token.
-fn as_caller<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_supervisor_of_the_tenant_approves_and_is_recorded_as_who_they_are() {
     use casework_auth::{Role, dev::DevIssuer};
@@ -801,7 +793,7 @@ async fn only_a_supervisor_of_the_tenant_approves_and_is_recorded_as_who_they_ar
     let e = grpc.list_pending_approvals(list.clone()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     let e = grpc
-        .list_pending_approvals(as_caller(list.clone(), &elsewhere))
+        .list_pending_approvals(casework_auth::dev::bearer(list.clone(), &elsewhere))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -809,7 +801,7 @@ async fn only_a_supervisor_of_the_tenant_approves_and_is_recorded_as_who_they_ar
         let (mut grpc, list, dana) = (grpc.clone(), list.clone(), dana.clone());
         async move {
             let r = grpc
-                .list_pending_approvals(as_caller(list, &dana))
+                .list_pending_approvals(casework_auth::dev::bearer(list, &dana))
                 .await
                 .ok()?
                 .into_inner();
@@ -834,14 +826,14 @@ async fn only_a_supervisor_of_the_tenant_approves_and_is_recorded_as_who_they_ar
         (&elsewhere, None, tonic::Code::PermissionDenied),
     ] {
         let e = grpc
-            .approve_compensation(as_caller(approve(approver), token))
+            .approve_compensation(casework_auth::dev::bearer(approve(approver), token))
             .await
             .unwrap_err();
         assert_eq!(e.code(), code, "{e:?}");
     }
     let log = intake.read(&case, 0).await.unwrap();
     assert_eq!(count(&log, "compensation_approved"), 0, "nothing recorded");
-    grpc.approve_compensation(as_caller(approve(None), &dana))
+    grpc.approve_compensation(casework_auth::dev::bearer(approve(None), &dana))
         .await
         .unwrap();
     let log = wait_for(&intake, &case, "the approval", |l| {

@@ -127,6 +127,19 @@ impl DevIssuer {
     }
 }
 
+/// `msg` as a call carrying `token` as its bearer credential (for tests
+/// and tools that talk to a service directly).
+pub fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    match format!("Bearer {token}").parse() {
+        Ok(v) => {
+            r.metadata_mut().insert("authorization", v);
+        }
+        Err(_) => tracing::warn!("a token with characters a header cannot carry was not sent"),
+    }
+    r
+}
+
 fn hex_prefix(b: &[u8]) -> String {
     b.iter().take(8).map(|x| format!("{x:02x}")).collect()
 }
