@@ -127,6 +127,31 @@ impl DevIssuer {
     }
 }
 
+/// Adds a bearer token to every call of a client
+/// (`XClient::with_interceptor(channel, BearerToken::new(token))`).
+#[derive(Debug, Clone)]
+pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl BearerToken {
+    /// The interceptor sending `token` (none when it cannot be a header).
+    pub fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}").parse().ok())
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel whose calls carry a bearer token.
+pub type WithToken =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;
+
 /// `msg` as a call carrying `token` as its bearer credential (for tests
 /// and tools that talk to a service directly).
 pub fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {

@@ -99,7 +99,7 @@ fn request(key: &str, i: usize) -> OpenCaseRequest {
 /// it and waits until it is closed. Returns the open-to-closed time and
 /// the resolution.
 async fn one_case(
-    client: &mut IntakeClient<tonic::transport::Channel>,
+    client: &mut IntakeClient<casework_auth::dev::WithToken>,
     waiters: &Waiters,
     log: &JetStreamLog,
     key: &str,
@@ -162,7 +162,8 @@ async fn drive(
             (next.clone(), barrier.clone(), waiters.clone(), log.clone());
         let (url, prefix) = (intake_url.to_owned(), prefix.to_owned());
         tasks.push(tokio::spawn(async move {
-            let mut client = IntakeClient::connect(url).await.expect("gRPC connects");
+            let mut client =
+                IntakeClient::new(casework_e2e::connect(url).await.expect("gRPC connects"));
             barrier.wait().await;
             let mut out = Vec::new();
             loop {

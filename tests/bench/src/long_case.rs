@@ -69,7 +69,7 @@ on_negative_feedback = [{ action = "apology" }]
 limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
 "#;
 
-type Client = IntakeClient<tonic::transport::Channel>;
+type Client = IntakeClient<casework_auth::dev::WithToken>;
 
 fn interaction(case_id: &str, request_id: String) -> RecordInteractionRequest {
     RecordInteractionRequest {
@@ -209,9 +209,11 @@ pub async fn long_case() {
     .await
     .expect("admin connects");
     let log = JetStreamLog::new(admin, "bench-long-case-admin", None);
-    let mut client = IntakeClient::connect(sys.services["intake"].grpc_url())
-        .await
-        .expect("gRPC connects");
+    let mut client = IntakeClient::new(
+        casework_e2e::connect(sys.services["intake"].grpc_url())
+            .await
+            .expect("gRPC connects"),
+    );
 
     let (raw_server, _raw_admin) = lifecycle_raw::start_broker(false, 1).await;
     let mut raw = RawCase {

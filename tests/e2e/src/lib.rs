@@ -244,6 +244,46 @@ pub struct System {
     pub dir: PathBuf,
 }
 
+/// The development issuer every system of this process trusts (its key in
+/// a directory of this process).
+pub fn issuer() -> &'static casework_auth::dev::DevIssuer {
+    static ISSUER: std::sync::OnceLock<casework_auth::dev::DevIssuer> = std::sync::OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("casework-e2e-auth-{}", std::process::id()));
+        casework_auth::dev::DevIssuer::load_or_create(&dir).expect("dev issuer")
+    })
+}
+
+/// A token with every role for every tenant (valid for a day), trusted by
+/// every system of this process.
+pub fn admin_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        issuer()
+            .mint(
+                "e2e-admin",
+                Some("E2E Admin"),
+                &["*"],
+                &[casework_auth::Role::Admin],
+                Duration::from_secs(86_400),
+            )
+            .expect("a token")
+    })
+}
+
+/// A channel to a service's `url` whose calls carry [`admin_token`].
+pub async fn connect(
+    url: impl Into<String>,
+) -> Result<casework_auth::dev::WithToken, tonic::transport::Error> {
+    let ch = tonic::transport::Endpoint::from_shared(url.into())?
+        .connect()
+        .await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch,
+        casework_auth::dev::BearerToken::new(admin_token()),
+    ))
+}
+
 impl System {
     /// Starts NATS and the four services with `catalog` (a TOML file) and
     /// extra `CASEWORK_*` settings per service, and waits until all are
@@ -290,6 +330,9 @@ impl System {
     ) -> Self {
         let dir = nats.scratch_dir().join("system");
         std::fs::create_dir_all(&dir).expect("system dir");
+        // Every service requires a token of the development issuer, as a
+        // production deployment requires its identity provider's.
+        let issuer = issuer();
         let mut services = BTreeMap::new();
         for name in SERVICES {
             let (grpc_port, http_port) = (free_port(), free_port());
@@ -313,6 +356,19 @@ impl System {
             set("CASEWORK_NATS__USER", name.to_owned());
             set("CASEWORK_NATS__PASSWORD", format!("pw-{name}"));
             set("CASEWORK_LOG", "info".to_owned());
+            set("CASEWORK_AUTH__MODE", "required".to_owned());
+            set(
+                "CASEWORK_AUTH__JWKS_FILE",
+                issuer.jwks_path().display().to_string(),
+            );
+            set(
+                "CASEWORK_AUTH__ISSUER",
+                casework_auth::dev::DEV_ISSUER.to_owned(),
+            );
+            set(
+                "CASEWORK_AUTH__AUDIENCE",
+                casework_auth::dev::DEV_AUDIENCE.to_owned(),
+            );
             for (svc, k, v) in extra {
                 if *svc == name {
                     set(k, (*v).to_owned());

@@ -68,9 +68,11 @@ const TENANT: &str = "crash";
 const HEAL: Duration = Duration::from_secs(90);
 
 async fn open_once(intake: &str, key: &str, service: &str) -> Result<String, String> {
-    let mut c = iapi::intake_client::IntakeClient::connect(intake.to_owned())
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut c = iapi::intake_client::IntakeClient::new(
+        casework_e2e::connect(intake.to_owned())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let r = c
         .open_case(iapi::OpenCaseRequest {
             tenant: TENANT.to_owned(),

@@ -109,9 +109,11 @@ async fn open(intake: &str, n: usize, service: &str) -> CaseKey {
         Duration::from_millis(100),
         &format!("intake to open case {n}"),
         || async {
-            let mut c = iapi::intake_client::IntakeClient::connect(intake.to_owned())
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c = iapi::intake_client::IntakeClient::new(
+                casework_e2e::connect(intake.to_owned())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
             let r = c
                 .open_case(iapi::OpenCaseRequest {
                     tenant: TENANT.to_owned(),
@@ -142,8 +144,9 @@ async fn worker(url: String, stop: Arc<AtomicBool>) {
             Duration::from_millis(200),
             "fulfilment to accept the worker",
             || async {
-                fapi::fulfilment_client::FulfilmentClient::connect(url.clone())
+                casework_e2e::connect(url.clone())
                     .await
+                    .map(fapi::fulfilment_client::FulfilmentClient::new)
                     .map_err(|e| e.to_string())
             },
         )
@@ -326,12 +329,11 @@ async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
     // The ledger's archive equals the stream, and its replay agrees with
     // intake's read model.
     let ledger = sys.service("ledger").grpc_url();
-    let mut lc = lapi::ledger_client::LedgerClient::connect(ledger)
-        .await
-        .unwrap();
-    let mut ic = iapi::intake_client::IntakeClient::connect(intake.clone())
-        .await
-        .unwrap();
+    let mut lc =
+        lapi::ledger_client::LedgerClient::new(casework_e2e::connect(ledger).await.unwrap());
+    let mut ic = iapi::intake_client::IntakeClient::new(
+        casework_e2e::connect(intake.clone()).await.unwrap(),
+    );
     for c in &cases {
         let raw = log.read_raw(c).await.unwrap();
         let archived = eventually_explained(
