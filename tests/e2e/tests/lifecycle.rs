@@ -101,6 +101,10 @@ limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor
 
 const TENANT: &str = "e2e";
 
+/// The tests of this file each start a whole system on ports found free a
+/// moment before: one at a time, so one never takes the other's ports.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Opens case `n`, retrying while intake restarts (the idempotency key makes
 /// a retry safe).
 async fn open(intake: &str, n: usize, service: &str) -> CaseKey {
@@ -275,6 +279,7 @@ async fn check_logs(sys: &System, cases: &[CaseKey]) -> BTreeMap<CaseKey, i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile_dir();
     let catalog = dir.join("catalog.toml");
     std::fs::write(&catalog, CATALOG).unwrap();
@@ -414,6 +419,7 @@ async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
 /// with the auditor's invariants intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycles_complete_on_a_three_node_cluster() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile_dir();
     let catalog = dir.join("catalog.toml");
     std::fs::write(&catalog, CATALOG).unwrap();
