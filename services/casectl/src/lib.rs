@@ -355,38 +355,22 @@ impl Target {
     }
 }
 
-/// Adds the bearer token (if any) to every call.
-#[derive(Debug, Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut req: tonic::Request<()>,
-    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// A channel that sends the bearer token.
-pub type Authed =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+/// A channel that sends the bearer token (if any) with every call.
+pub type Authed = casework_auth::dev::WithToken;
 
 /// [`channel`] with `target`'s token on every call (exit 2 for a token
 /// that cannot be sent).
 pub async fn authed(what: &str, target: &Target) -> Result<Authed> {
+    use casework_auth::dev::BearerToken;
     let bearer = match &target.token {
-        None => None,
-        Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| {
+        None => BearerToken::anonymous(),
+        Some(t) => BearerToken::try_new(t.trim()).ok_or_else(|| {
             Error::Usage("--token (CASEWORK_TOKEN) is not a token: it holds characters a header cannot carry".into())
-        })?),
+        })?,
     };
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel(what, target).await?,
-        Bearer(bearer),
+        bearer,
     ))
 }
 

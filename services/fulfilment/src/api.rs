@@ -425,21 +425,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
         caller.for_tenant(&token(&r.token).map_err(to_status)?.case.tenant)?;
         // The person who did the work is the caller (none given: the
         // caller), recorded with how they were authenticated.
-        let claimed = r.person.clone().map(|p| pb::Actor {
-            kind: pb::ActorKind::Person as i32,
-            id: p.id,
-            display_name: p.display_name,
-            authenticated_by: String::new(),
-        });
-        let vouched = match (&caller.principal.method, claimed) {
-            (casework_auth::AuthMethod::Unchecked, c) => c,
-            (_, c) => caller.vouch(c.or_else(|| {
-                Some(pb::Actor {
-                    kind: pb::ActorKind::Person as i32,
-                    ..Default::default()
-                })
-            }))?,
-        };
+        let vouched = caller.vouch_person(r.person.clone().map(|p| (p.id, p.display_name)))?;
         let go = async {
             let t = token(&r.token)?;
             let person = vouched.ok_or_else(|| {

@@ -94,17 +94,8 @@ fn approver_of(
     if caller.principal.method == casework_auth::AuthMethod::Unchecked {
         return Ok((given, String::new()));
     }
-    let claimed = given.map(|a| pb::Actor {
-        kind: pb::ActorKind::Person as i32,
-        id: a.id,
-        display_name: a.display_name,
-        authenticated_by: String::new(),
-    });
     let actor = caller
-        .vouch(claimed.or(Some(pb::Actor {
-            kind: pb::ActorKind::Person as i32,
-            ..Default::default()
-        })))?
+        .vouch_person(given.map(|a| (a.id, a.display_name)))?
         .expect("vouched");
     Ok((
         Some(api::Approver {

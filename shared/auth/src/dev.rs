@@ -135,7 +135,21 @@ pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
 impl BearerToken {
     /// The interceptor sending `token` (none when it cannot be a header).
     pub fn new(token: &str) -> Self {
-        Self(format!("Bearer {token}").parse().ok())
+        Self::try_new(token).unwrap_or(Self(None))
+    }
+
+    /// The interceptor sending `token`, or `None` when the token holds
+    /// characters a header cannot carry.
+    pub fn try_new(token: &str) -> Option<Self> {
+        format!("Bearer {token}")
+            .parse()
+            .ok()
+            .map(|v| Self(Some(v)))
+    }
+
+    /// An interceptor that sends no credentials.
+    pub fn anonymous() -> Self {
+        Self(None)
     }
 }
 

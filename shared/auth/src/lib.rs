@@ -178,4 +178,28 @@ impl Caller {
             },
         }))
     }
+
+    /// [`Caller::vouch`] for a person named by id and display name (`None`
+    /// when the request names nobody): with authentication on, the caller
+    /// (a named someone else is refused), recorded as a person; with it
+    /// off, the request's claim as sent.
+    pub fn vouch_person(
+        &self,
+        claimed: Option<(String, String)>,
+    ) -> Result<Option<casework_domain::pb::Actor>, tonic::Status> {
+        use casework_domain::pb;
+        let claimed = claimed.map(|(id, display_name)| pb::Actor {
+            kind: pb::ActorKind::Person as i32,
+            id,
+            display_name,
+            authenticated_by: String::new(),
+        });
+        if self.principal.method == AuthMethod::Unchecked {
+            return Ok(claimed);
+        }
+        self.vouch(claimed.or(Some(pb::Actor {
+            kind: pb::ActorKind::Person as i32,
+            ..Default::default()
+        })))
+    }
 }
