@@ -29,6 +29,10 @@ use rand::seq::IndexedRandom;
 /// The nats-server version Casework is tested with.
 pub const PINNED_NATS_SERVER: &str = "2.15.1";
 
+/// The consumer the demo's `integrator` user may create (on its tenant's
+/// events only; see `casework_caselog::permissions`).
+pub const DEV_INTEGRATOR_CONSUMER: &str = "crm-sync";
+
 /// The demo catalogue (compressed times).
 pub const DEMO_CATALOG: &str = include_str!("../demo/catalog.toml");
 
@@ -125,18 +129,20 @@ fn start_nats(args: &DevArgs, creds: &BTreeMap<String, String>) -> anyhow::Resul
              (or set CASEWORK_NATS_SERVER to a nats-server ≥ 2.12 binary)"
         )
     })?;
-    let principal = |u: &str| match u {
-        "admin" => Principal::Admin,
-        "intake" => Principal::Writer(Writer::Intake),
-        "fulfilment" => Principal::Writer(Writer::Fulfilment),
-        "recovery" => Principal::Writer(Writer::Recovery),
-        "ledger" => Principal::Ledger,
-        _ => Principal::Integrator,
-    };
-    let users: Vec<(Principal, &str, &str)> = creds
-        .iter()
-        .map(|(u, p)| (principal(u), u.as_str(), p.as_str()))
-        .collect();
+    let instance = |svc: &str| [format!("{svc}-dev")];
+    let mut users: Vec<(Principal, &str, &str)> = Vec::new();
+    for (u, p) in creds {
+        let principal = match u.as_str() {
+            "admin" => Principal::Admin,
+            "intake" => Principal::writer(Writer::Intake, instance("intake")),
+            "fulfilment" => Principal::writer(Writer::Fulfilment, instance("fulfilment")),
+            "recovery" => Principal::writer(Writer::Recovery, instance("recovery")),
+            "ledger" => Principal::ledger(instance("ledger")),
+            _ => Principal::integrator(&args.tenant, [DEV_INTEGRATOR_CONSUMER])
+                .with_context(|| format!("the demo integrator of tenant {:?}", args.tenant))?,
+        };
+        users.push((principal, u.as_str(), p.as_str()));
+    }
     if TcpStream::connect(("127.0.0.1", args.nats_port)).is_ok() {
         bail!(
             "port {} is already in use (another nats-server or casectl dev?); stop it or pass --nats-port",

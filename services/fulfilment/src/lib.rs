@@ -108,7 +108,7 @@ pub const SERVICE: &str = "fulfilment";
 /// operator deletes it with `nats consumer rm CASES fulfilment`. The new
 /// one starts at the beginning of the stream, so after an upgrade every
 /// case is decided once more, which changes nothing that is up to date.)
-pub const WAKE_CONSUMER: &str = "fulfilment-wake";
+pub const WAKE_CONSUMER: &str = casework_caselog::permissions::FULFILMENT_WAKE;
 
 /// The events that can make fulfilment append something, and only those
 /// (derived from [`decide::decide`]; a new trigger there needs its event
@@ -247,7 +247,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         Arc::new(engine.clone()),
         LoopConfig {
             service: SERVICE,
-            durable: format!("{SERVICE}-timers"),
+            durable: casework_caselog::permissions::FULFILMENT_TIMERS.to_owned(),
             filters: Vec::new(),
             concurrency,
         },

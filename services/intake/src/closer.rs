@@ -23,7 +23,7 @@ use crate::decide::{CaseView, decide_closer};
 /// The durable consumer that wakes the closer (shared by the replicas; its
 /// filters are [`WAKE_FILTERS`], and a consumer of the same name with other
 /// filters is refused, hence the version in the name).
-pub const CLOSER_CONSUMER: &str = "intake-closer-v2";
+pub const CLOSER_CONSUMER: &str = casework_caselog::permissions::INTAKE_CLOSER;
 
 /// The events after which the closer may have something to do: a case
 /// opened (its promise may be missing after a crash; when the API made it,

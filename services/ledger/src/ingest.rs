@@ -6,17 +6,14 @@
 //! start. A broken tail (disconnect) is re-opened from the checkpoint, so
 //! nothing is archived twice or skipped.
 //!
-//! The tail is a *named* ordered consumer created here rather than
-//! `CaseLog::tail`: the latter creates an unnamed one
-//! (`$JS.API.CONSUMER.CREATE.CASES`), which the reader permissions of
-//! `casework_caselog::permissions` do not allow (they allow
-//! `$JS.API.CONSUMER.CREATE.CASES.>`), so it times out for the ledger user.
+//! The tail is the consumer `ledger-tail-<instance>`
+//! (`casework_caselog::jetstream::named_tail`): the ledger user's
+//! permissions name it, and no other consumer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
-use casework_caselog::{CASES_STREAM, CaseLog};
+use casework_caselog::CaseLog;
 use casework_domain::RawEvent;
 use casework_runtime::Shutdown;
 use casework_runtime::http::Readiness;
@@ -40,36 +37,21 @@ async fn pause(shutdown: &Shutdown, d: Duration) -> bool {
 
 type RawStream = std::pin::Pin<Box<dyn futures::Stream<Item = anyhow::Result<RawEvent>> + Send>>;
 
-/// Every event of `CASES` from stream sequence `from` on, in order, live,
-/// through a named ordered consumer (no server-side state survives it).
+/// Every event of `CASES` matching `filter` from stream sequence `from`
+/// on, in order, live, through the tail consumer of ledger instance
+/// `instance`.
 pub async fn tail(
     client: &async_nats::Client,
-    name: &str,
+    instance: &str,
     filter: &str,
     from: u64,
 ) -> anyhow::Result<RawStream> {
     let js = async_nats::jetstream::new(client.clone());
-    let stream = js
-        .get_stream_no_info(CASES_STREAM)
+    let name = casework_caselog::permissions::tail_consumer("ledger", instance);
+    let (messages, _) = casework_caselog::jetstream::named_tail(&js, &name, filter, from)
         .await
-        .map_err(|e| anyhow::anyhow!("stream {CASES_STREAM}: {e}"))?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            name: Some(format!("{name}-{}", ulid::Ulid::new())),
-            filter_subject: filter.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from.max(1),
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("tail of {filter}: {e}"))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("tail of {filter}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Box::pin(messages.map(|m| {
-        let m = m.map_err(|e| anyhow::anyhow!("tail: {e}"))?;
         let info = m.info().map_err(|e| anyhow::anyhow!("tail: {e}"))?;
         Ok(RawEvent {
             stream_seq: info.stream_sequence,

@@ -16,6 +16,10 @@ use casework_testkit::NatsServer;
 use common::*;
 use futures::StreamExt;
 
+/// The ledger's default instance name, which its reader user is allowed to
+/// name its tail consumer after.
+const LEDGER_INSTANCE: &str = "ledger-0";
+
 async fn client_as(url: &str, user: &str) -> async_nats::Client {
     connect(&NatsOptions {
         url: url.to_owned(),
@@ -33,10 +37,22 @@ async fn client_as(url: &str, user: &str) -> async_nats::Client {
 async fn integrators_and_the_ledger_read_and_cannot_publish() {
     let server = NatsServer::start_with(&nats_authorization(&[
         (Principal::Admin, "admin", "pw"),
-        (Principal::Writer(Writer::Intake), "intake", "pw"),
-        (Principal::Writer(Writer::Fulfilment), "fulfilment", "pw"),
-        (Principal::Ledger, "ledger", "pw"),
-        (Principal::Integrator, "integrator", "pw"),
+        (
+            Principal::writer(Writer::Intake, ["intake-0"]),
+            "intake",
+            "pw",
+        ),
+        (
+            Principal::writer(Writer::Fulfilment, ["fulfilment-0"]),
+            "fulfilment",
+            "pw",
+        ),
+        (Principal::ledger([LEDGER_INSTANCE]), "ledger", "pw"),
+        (
+            Principal::integrator("acme", ["crm-sync"]).unwrap(),
+            "integrator",
+            "pw",
+        ),
     ]));
     let url = server.url();
     ensure_streams(&client_as(&url, "admin").await, &StreamOptions::default())
@@ -70,6 +86,7 @@ async fn integrators_and_the_ledger_read_and_cannot_publish() {
     let mut opts = options(&url, data.path());
     opts.nats.user = Some("ledger".into());
     opts.nats.password = Some("pw".into());
+    assert_eq!(opts.instance, LEDGER_INSTANCE);
     let ledger = Ledger::start(opts).await;
     assert_eq!(ledger.wait_for(&case, 6).await.events, 6);
     ledger.stop().await;
@@ -77,7 +94,7 @@ async fn integrators_and_the_ledger_read_and_cannot_publish() {
     // The integrator creates its own durable consumer and reads.
     let client = client_as(&url, "integrator").await;
     let js = async_nats::jetstream::new(client.clone());
-    let stream = js.get_stream("CASES").await.unwrap();
+    let stream = js.get_stream_no_info("CASES").await.unwrap();
     let consumer: async_nats::jetstream::consumer::PullConsumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("crm-sync".into()),

@@ -149,7 +149,7 @@ pub fn default_options() -> ServiceOptions {
 pub const SERVICE: &str = "recovery";
 
 /// The durable consumer that wakes recovery on a case's changes.
-pub const TRIGGERS_CONSUMER: &str = "recovery-triggers";
+pub const TRIGGERS_CONSUMER: &str = casework_caselog::permissions::RECOVERY_TRIGGERS;
 
 /// The events that can change one of recovery's decisions; no other event
 /// wakes it. A new trigger or guard in [`decide`] needs its event here.
@@ -228,6 +228,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel(1024);
         tasks.spawn(views::run_feed(
             client.clone(),
+            options.instance.clone(),
             views.clone(),
             caught_up_tx,
             wake_tx.clone(),
@@ -277,7 +278,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
                 r,
                 LoopConfig {
                     service: SERVICE,
-                    durable: "recovery-timers".to_owned(),
+                    durable: casework_caselog::permissions::RECOVERY_TIMERS.to_owned(),
                     filters: Vec::new(),
                     concurrency: settings.timer_concurrency,
                 },

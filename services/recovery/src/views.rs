@@ -23,8 +23,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use casework_caselog::{CASES_STREAM, CaseKey};
+use async_nats::jetstream;
+use casework_caselog::CaseKey;
 use casework_domain::chain::from_timestamp;
 use casework_domain::pb::{Envelope, envelope::Payload};
 use casework_runtime::Shutdown;
@@ -419,17 +419,18 @@ fn decided(
 /// at start is applied, and each case a person decided on to `wake`.
 pub async fn run_feed(
     client: async_nats::Client,
+    instance: String,
     views: Views,
     caught_up: watch::Sender<bool>,
     wake: mpsc::Sender<CaseKey>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    // A tail that fails (the broker restarted and its ordered consumer is
+    // A tail that fails (the broker restarted and its in-memory consumer is
     // gone, a heartbeat missed) is followed again from the checkpoint, as
     // the other read models do: the views never stop while the service runs.
     let mut pause = Duration::from_millis(200);
     loop {
-        match feed_once(&client, &views, &caught_up, &wake, &shutdown).await {
+        match feed_once(&client, &instance, &views, &caught_up, &wake, &shutdown).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, ?pause, "recovery views: the tail failed; following again from the checkpoint");
@@ -447,6 +448,7 @@ pub async fn run_feed(
 /// tail fails (`Err`).
 async fn feed_once(
     client: &async_nats::Client,
+    instance: &str,
     views: &Views,
     caught_up: &watch::Sender<bool>,
     wake: &mpsc::Sender<CaseKey>,
@@ -457,31 +459,15 @@ async fn feed_once(
         casework_runtime::store::blocking(move || v.checkpoint()).await?
     };
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_stream_no_info(CASES_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("recovery views: stream {CASES_STREAM}: {e}"))?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            // A name is required: without one the client asks
-            // `$JS.API.CONSUMER.CREATE.CASES`, which a writer's permissions
-            // (`…CREATE.CASES.>`) do not allow.
-            name: Some(format!("recovery-views-{}", ulid::Ulid::new())),
-            filter_subject: FEED_FILTER.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("recovery views: tail of {FEED_FILTER}: {e}"))?;
-    if consumer.cached_info().num_pending == 0 {
+    let name = casework_caselog::permissions::tail_consumer("recovery", instance);
+    let (messages, pending) =
+        casework_caselog::jetstream::named_tail(&js, &name, FEED_FILTER, from + 1)
+            .await
+            .map_err(|e| anyhow::anyhow!("recovery views: {e}"))?;
+    if pending == 0 {
         let _ = caught_up.send(true);
     }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("recovery views: {e}"))?;
+    let mut messages = messages.map(Ok::<_, std::convert::Infallible>);
     loop {
         let first = tokio::select! {
             biased;

@@ -22,8 +22,10 @@ use chrono::{DateTime, Utc};
 const VERSION: &str = "2026-11-01.1";
 
 fn users() -> String {
+    // The instances these tests run (each tail consumer is named).
+    let instances = |w: Writer| ["0", "a", "b", "test"].map(|i| format!("{w}-{i}"));
     let mut users = vec![(Principal::Admin, "admin", "admin-pw")];
-    users.extend(Writer::ALL.map(|w| (Principal::Writer(w), w.as_str(), "pw")));
+    users.extend(Writer::ALL.map(|w| (Principal::writer(w, instances(w)), w.as_str(), "pw")));
     nats_authorization(&users)
 }
 
@@ -875,7 +877,7 @@ async fn the_views_follow_the_log_again_after_the_broker_restarts() {
             .ok()?;
         let mut names = stream.consumer_names();
         while let Some(Ok(n)) = futures::StreamExt::next(&mut names).await {
-            if n.starts_with("recovery-views-") {
+            if n == casework_caselog::permissions::tail_consumer("recovery", "recovery-0") {
                 return Some((stream, n));
             }
         }
@@ -886,7 +888,7 @@ async fn the_views_follow_the_log_again_after_the_broker_restarts() {
         views_consumer(server.url())
     })
     .await;
-    // The broker restarts (the views' ordered consumer is gone with it),
+    // The broker restarts (the views' tail, held in memory, is gone with it),
     // and the one the views follow with next is deleted from under them.
     server.restart();
     let (stream, name) = eventually(

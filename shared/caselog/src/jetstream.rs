@@ -67,6 +67,21 @@ pub struct NatsOptions {
     pub name: String,
     /// Timeout of one request (publish ack, direct get).
     pub request_timeout: Duration,
+    /// Where replies arrive (`<prefix>.…`). `None`: the user's own
+    /// ([`crate::permissions::inbox_prefix`]), which is all its
+    /// permissions let it subscribe to; `_INBOX` without a user.
+    pub inbox_prefix: Option<String>,
+}
+
+impl NatsOptions {
+    /// The inbox prefix this connection uses.
+    pub fn effective_inbox_prefix(&self) -> String {
+        self.inbox_prefix.clone().unwrap_or_else(|| {
+            self.user
+                .as_deref()
+                .map_or_else(|| "_INBOX".to_owned(), crate::permissions::inbox_prefix)
+        })
+    }
 }
 
 impl Default for NatsOptions {
@@ -78,6 +93,7 @@ impl Default for NatsOptions {
             creds_file: None,
             name: "casework".to_owned(),
             request_timeout: Duration::from_secs(5),
+            inbox_prefix: None,
         }
     }
 }
@@ -122,7 +138,8 @@ impl Default for ConsumerOptions {
 pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
     let mut c = async_nats::ConnectOptions::new()
         .name(&opts.name)
-        .request_timeout(Some(opts.request_timeout));
+        .request_timeout(Some(opts.request_timeout))
+        .custom_inbox_prefix(opts.effective_inbox_prefix());
     if let Some(path) = &opts.creds_file {
         c = c
             .credentials_file(path)
@@ -408,6 +425,7 @@ pub struct JetStreamLog {
     writer: Option<Writer>,
     request_timeout: Duration,
     consumer: ConsumerOptions,
+    tail_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,7 +464,20 @@ impl JetStreamLog {
             writer,
             request_timeout: Duration::from_secs(5),
             consumer: ConsumerOptions::default(),
+            tail_name: crate::permissions::tail_consumer(
+                writer.map_or("reader", Writer::as_str),
+                instance,
+            ),
         }
+    }
+
+    /// Names the consumer of [`CaseLog::tail`] for `service` instead of the
+    /// writer (the default; `reader` for a reader): its user's permissions
+    /// must name it (see [`crate::permissions::tail_consumer`]). One tail at
+    /// a time per log: a second one replaces the first.
+    pub fn with_tail_service(mut self, service: &str) -> Self {
+        self.tail_name = crate::permissions::tail_consumer(service, &self.instance);
+        self
     }
 
     /// Sets the durable consumers' settings.
@@ -957,27 +988,8 @@ impl CaseLog for JetStreamLog {
     }
 
     async fn tail(&self, filter: &str, from_stream_seq: u64) -> Result<Deliveries> {
-        let stream = self
-            .js
-            .get_stream_no_info(CASES_STREAM)
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from_stream_seq.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::Nats(format!("tail of {filter}: {e}")))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
+        let (messages, _) = named_tail(&self.js, &self.tail_name, filter, from_stream_seq).await?;
         Ok(Box::pin(messages.map(|m| {
-            let m = m.map_err(|e| Error::Nats(e.to_string()))?;
             let info = m.info().map_err(|e| Error::Nats(e.to_string()))?;
             let (stream_seq, pending) = (info.stream_sequence, info.pending);
             Ok(Delivery {
@@ -1000,6 +1012,131 @@ impl CaseLog for JetStreamLog {
             .map_err(|e| Error::Unavailable(e.to_string()))?;
         Ok(stream.cached_info().state.last_sequence)
     }
+}
+
+/// A live, ordered read of `CASES` (see [`named_tail`]).
+pub type TailMessages = std::pin::Pin<Box<dyn futures::Stream<Item = jetstream::Message> + Send>>;
+
+const TAIL_INACTIVE: Duration = Duration::from_secs(300);
+
+/// Deletes the consumer `name` if present and creates it afresh, reading
+/// `filter` from `from`: unacknowledged, in memory, one replica.
+async fn open_tail(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &str,
+    from: u64,
+) -> Result<(consumer::pull::Stream, u64)> {
+    let stream = js
+        .get_stream_no_info(CASES_STREAM)
+        .await
+        .map_err(|e| Error::Nats(format!("stream {CASES_STREAM}: {e}")))?;
+    // An earlier tail of this instance (before a restart or a lost
+    // connection) may still exist; its position is not ours.
+    let _ = stream.delete_consumer(name).await;
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            name: Some(name.to_owned()),
+            filter_subject: filter.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ack_policy: consumer::AckPolicy::None,
+            memory_storage: true,
+            num_replicas: 1,
+            inactive_threshold: TAIL_INACTIVE,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Nats(format!("tail {name} of {filter}: {e}")))?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::Nats(format!("tail {name} of {filter}: {e}")))?;
+    Ok((messages, pending))
+}
+
+struct TailState {
+    js: jetstream::Context,
+    name: String,
+    filter: String,
+    next: u64,
+    consumer_seq: u64,
+    messages: Option<consumer::pull::Stream>,
+    retry: Duration,
+}
+
+/// Every message of `CASES` matching `filter` from stream sequence `from`
+/// on, in order, live, through the consumer `name` — a consumer whose name
+/// the reader's permissions allow (see [`crate::permissions`]; the
+/// client's ordered consumers pick random names, which no permission can
+/// name). Like an ordered consumer it re-creates itself where it left off
+/// when a delivery is missing (a gap in the consumer sequence), the
+/// consumer vanished or the connection broke, with a backoff of 0.1 s to
+/// 5 s; so the stream never skips, repeats or ends. Also returns how many
+/// messages were pending when it was created (0: the reader is caught up).
+/// Only the first creation's failure is an error.
+pub async fn named_tail(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &str,
+    from: u64,
+) -> Result<(TailMessages, u64)> {
+    let (messages, pending) = open_tail(js, name, filter, from).await?;
+    let state = TailState {
+        js: js.clone(),
+        name: name.to_owned(),
+        filter: filter.to_owned(),
+        next: from.max(1),
+        consumer_seq: 0,
+        messages: Some(messages),
+        retry: Duration::from_millis(100),
+    };
+    let s = futures::stream::unfold(state, |mut s| async move {
+        loop {
+            let Some(messages) = s.messages.as_mut() else {
+                match open_tail(&s.js, &s.name, &s.filter, s.next).await {
+                    Ok((m, _)) => {
+                        s.messages = Some(m);
+                        s.consumer_seq = 0;
+                        s.retry = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(tail = %s.name, error = %e, retry = ?s.retry, "cannot re-create the tail; trying again");
+                        tokio::time::sleep(s.retry).await;
+                        s.retry = (s.retry * 2).min(Duration::from_secs(5));
+                    }
+                }
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(m)) => {
+                    let seqs = m.info().map(|i| (i.consumer_sequence, i.stream_sequence));
+                    match seqs {
+                        Ok((c, seq)) if c == s.consumer_seq + 1 => {
+                            s.consumer_seq = c;
+                            s.next = seq + 1;
+                            return Some((m, s));
+                        }
+                        Ok((c, _)) => {
+                            tracing::warn!(tail = %s.name, expected = s.consumer_seq + 1, got = c, from = s.next, "tail missed a delivery; re-creating it");
+                        }
+                        Err(e) => {
+                            tracing::warn!(tail = %s.name, error = %e, "tail delivery without metadata; re-creating it");
+                        }
+                    }
+                    s.messages = None;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(tail = %s.name, error = %e, from = s.next, "tail failed; re-creating it");
+                    s.messages = None;
+                }
+                None => s.messages = None,
+            }
+        }
+    });
+    Ok((Box::pin(s), pending))
 }
 
 #[cfg(test)]

@@ -37,12 +37,22 @@ pub async fn connect_reader(
 }
 
 async fn connect_only(settings: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    let opts = NatsOptions {
+        url: settings.url.clone(),
+        user: settings.user.clone(),
+        password: settings.password.clone(),
+        creds_file: settings.creds_file.clone(),
+        name: name.to_owned(),
+        request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        inbox_prefix: settings.inbox_prefix.clone(),
+    };
     let client = if let Some(ca) = &settings.tls_ca_file {
         // TLS: the server must present a certificate signed by this CA.
         let mut c = async_nats::ConnectOptions::new()
             .name(name)
             .request_timeout(Some(Duration::from_millis(settings.request_timeout_ms)))
             .add_root_certificates(ca.clone())
+            .custom_inbox_prefix(opts.effective_inbox_prefix())
             .require_tls(true);
         if let (Some(u), Some(p)) = (&settings.user, &settings.password) {
             c = c.user_and_password(u.clone(), p.clone());
@@ -54,15 +64,7 @@ async fn connect_only(settings: &NatsSettings, name: &str) -> anyhow::Result<asy
             .await
             .map_err(|e| anyhow::anyhow!("connecting to {} over TLS: {e}", settings.url))?
     } else {
-        jetstream::connect(&NatsOptions {
-            url: settings.url.clone(),
-            user: settings.user.clone(),
-            password: settings.password.clone(),
-            creds_file: settings.creds_file.clone(),
-            name: name.to_owned(),
-            request_timeout: Duration::from_millis(settings.request_timeout_ms),
-        })
-        .await?
+        jetstream::connect(&opts).await?
     };
     Ok(client)
 }

@@ -68,6 +68,9 @@ pub struct NatsSettings {
     pub stream_replicas: usize,
     /// Timeout of one request to JetStream, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Where replies arrive. Unset: `_INBOX_<user>` with a user (the only
+    /// inbox its broker permissions allow), `_INBOX` without.
+    pub inbox_prefix: Option<String>,
 }
 
 impl Default for NatsSettings {
@@ -80,6 +83,7 @@ impl Default for NatsSettings {
             tls_ca_file: None,
             stream_replicas: 1,
             request_timeout_ms: 5000,
+            inbox_prefix: None,
         }
     }
 }

@@ -208,7 +208,7 @@ pub async fn fulfil() {
         let waiters = waiters.clone();
         tokio::spawn(async move {
             // A tail's errors (a missed heartbeat on a busy cluster, say)
-            // are not its end: the ordered consumer recreates itself.
+            // are not its end: the tail re-creates its consumer.
             while let Some(d) = kept.next().await {
                 let Ok(d) = d.inspect_err(|e| eprintln!("bench tail: {e} (going on)")) else {
                     continue;

@@ -133,6 +133,7 @@ pub async fn connect(urls: &str, user: &str) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .name(format!("bench-raw-{user}"))
         .user_and_password(user.to_owned(), format!("pw-{user}"))
+        .custom_inbox_prefix(casework_caselog::permissions::inbox_prefix(user))
         .request_timeout(Some(REQUEST_TIMEOUT))
         .connect(
             casework_caselog::jetstream::server_addrs(urls)
@@ -285,27 +286,17 @@ async fn durable(
         .unwrap_or_else(|e| panic!("durable consumer {name}: {e}"))
 }
 
-/// Reads an ordered tail of `filter` to the end of time, as the services'
-/// read models and the ledger do (they store what they see; this only
-/// counts it).
-async fn drain_tail(client: async_nats::Client, filter: &'static str) {
-    let stream = jetstream::new(client)
-        .get_stream_no_info(CASES_STREAM)
+/// Reads the tail of `filter` to the end of time through `service`'s tail
+/// consumer (instance `<service>-0`, as its user's permissions name it),
+/// as the services' read models and the ledger do (they store what they
+/// see; this only counts it).
+async fn drain_tail(client: async_nats::Client, service: &'static str, filter: &'static str) {
+    let js = jetstream::new(client);
+    let name = casework_caselog::permissions::tail_consumer(service, &format!("{service}-0"));
+    let (mut msgs, _) = casework_caselog::jetstream::named_tail(&js, &name, filter, 1)
         .await
-        .expect("the CASES stream");
-    let tail = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ordered tail of {filter}: {e}"));
-    let mut msgs = tail.messages().await.expect("tail messages");
-    while let Some(m) = msgs.next().await {
-        if let Err(e) = m {
-            eprintln!("raw tail of {filter}: {e} (going on)");
-        }
-    }
+        .unwrap_or_else(|e| panic!("tail of {filter}: {e}"));
+    while msgs.next().await.is_some() {}
 }
 
 /// Fulfilment: on `promise_made`, its 8 appends, each on the head the
@@ -483,10 +474,14 @@ pub async fn run(sync_always: bool, nodes: usize, concurrency: usize, n: usize) 
     services.spawn(fulfilment(fulfilment_nc.clone(), payload()));
     services.spawn(closer(intake.clone(), payload(), waiters.clone()));
     services.spawn(recovery(recovery_nc.clone()));
-    services.spawn(drain_tail(ledger_nc, "case.>"));
-    services.spawn(drain_tail(intake.clone(), "case.>"));
-    services.spawn(drain_tail(fulfilment_nc, "case.*.*.fulfilment.>"));
-    services.spawn(drain_tail(recovery_nc, "case.*.*.recovery.>"));
+    services.spawn(drain_tail(ledger_nc, "ledger", "case.>"));
+    services.spawn(drain_tail(intake.clone(), "intake", "case.>"));
+    services.spawn(drain_tail(
+        fulfilment_nc,
+        "fulfilment",
+        "case.*.*.fulfilment.>",
+    ));
+    services.spawn(drain_tail(recovery_nc, "recovery", "case.*.*.recovery.>"));
 
     let warmup = WARMUP_CASES.max(concurrency.min(64));
     drive(&intake, &waiters, warmup, concurrency.min(warmup)).await;

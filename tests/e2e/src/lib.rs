@@ -65,23 +65,38 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// The NATS users of the system (every service its own, plus admin and
-/// integrator), all with password `pw-<user>`.
+/// The integrator user of the e2e system: tenant [`INTEGRATOR_TENANT`],
+/// consumer [`INTEGRATOR_CONSUMER`], password `pw-integrator`.
+pub const INTEGRATOR_TENANT: &str = "acme";
+/// The integrator's one consumer name.
+pub const INTEGRATOR_CONSUMER: &str = "acme-sync";
+
+/// The NATS users of the system (every service its own, for its instance
+/// `<service>-0`, plus admin and an integrator of [`INTEGRATOR_TENANT`]),
+/// all with password `pw-<user>`.
 pub fn nats_users() -> String {
     let mut users: Vec<(Principal, String, String)> =
         vec![(Principal::Admin, "admin".to_owned(), "pw-admin".to_owned())];
     for w in Writer::ALL {
-        users.push((Principal::Writer(w), w.to_string(), format!("pw-{w}")));
+        users.push((
+            Principal::writer(w, [format!("{w}-0")]),
+            w.to_string(),
+            format!("pw-{w}"),
+        ));
     }
-    users.push((Principal::Ledger, "ledger".into(), "pw-ledger".into()));
     users.push((
-        Principal::Integrator,
+        Principal::ledger(["ledger-0"]),
+        "ledger".into(),
+        "pw-ledger".into(),
+    ));
+    users.push((
+        Principal::integrator(INTEGRATOR_TENANT, [INTEGRATOR_CONSUMER]).expect("valid integrator"),
         "integrator".into(),
         "pw-integrator".into(),
     ));
     let refs: Vec<(Principal, &str, &str)> = users
         .iter()
-        .map(|(p, u, pw)| (*p, u.as_str(), pw.as_str()))
+        .map(|(p, u, pw)| (p.clone(), u.as_str(), pw.as_str()))
         .collect();
     nats_authorization(&refs)
 }

@@ -237,18 +237,24 @@ fn nats_helm_values_grant_exactly_the_permission_scheme() {
             .as_sequence()
             .map(|l| l.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
     };
+    // The prod overlay's pods (three replicas each; dev runs the first).
+    let pods =
+        |svc: &str| -> Vec<String> { (0..3).map(|i| format!("casework-{svc}-{i}")).collect() };
     let mut principals = vec![
         ("admin", Principal::Admin),
-        ("ledger", Principal::Ledger),
-        ("integrator", Principal::Integrator),
+        ("ledger", Principal::ledger(pods("ledger"))),
+        (
+            "integrator-acme",
+            Principal::integrator("acme", ["acme-crm"]).unwrap(),
+        ),
     ];
-    principals.extend(Writer::ALL.map(|w| (w.as_str(), Principal::Writer(w))));
+    principals.extend(Writer::ALL.map(|w| (w.as_str(), Principal::writer(w, pods(w.as_str())))));
     for (name, p) in principals {
         let u = users
             .iter()
             .find(|u| u["user"].as_str() == Some(name))
             .unwrap_or_else(|| panic!("no NATS user {name} in {}", path.display()));
-        let want = permissions(p);
+        let want = permissions(name, &p);
         assert_eq!(
             list(u, "publish"),
             want.publish_allow,
