@@ -3,7 +3,8 @@
 //! RS256, ES256 and EdDSA) or a client certificate mapped to a principal,
 //! the roles a principal holds per tenant, and the one policy table every
 //! RPC is checked against, with its refusals as gRPC statuses. It must not
-//! do I/O beyond reading a key file, know any service's rules, or log a
+//! do I/O beyond reading a key file (fetching a JWKS URL is the runtime's:
+//! it hands the keys over with `Verifier::replace_keys`), know any service's rules, or log a
 //! token: it decides who someone is and what they may do, nothing else.
 //!
 //! Layout: `role` (roles and the RPC table), `principal` (grants and
@@ -16,10 +17,11 @@ mod role;
 mod settings;
 mod verify;
 
+pub use jsonwebtoken::jwk::JwkSet;
 pub use principal::{AuthMethod, Principal, TenantScope};
 pub use role::{Role, required_role};
 pub use settings::{AuthMode, AuthSettings, CertificateMapping};
-pub use verify::Verifier;
+pub use verify::{RELOAD_AT_MOST_EVERY as JWKS_RELOAD_AT_MOST_EVERY, Verifier, parse_jwks};
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

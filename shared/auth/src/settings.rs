@@ -40,6 +40,14 @@ pub struct AuthSettings {
     pub mode: AuthMode,
     /// A JWKS file (JSON `{"keys": [...]}`) with the issuer's public keys.
     pub jwks_file: Option<PathBuf>,
+    /// Or the issuer's JWKS URL (`https://` only), fetched at start, every
+    /// [`Self::jwks_refresh_seconds`] and on a token with an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for [`Self::jwks_url`] besides the
+    /// system's roots (an issuer behind a private CA).
+    pub jwks_ca_file: Option<PathBuf>,
+    /// How often the JWKS URL is fetched again (seconds).
+    pub jwks_refresh_seconds: u64,
     /// The expected `iss`.
     pub issuer: Option<String>,
     /// The expected `aud` (one of the token's audiences).
@@ -60,6 +68,9 @@ impl Default for AuthSettings {
         Self {
             mode: AuthMode::Off,
             jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_seconds: 300,
             issuer: None,
             audience: None,
             leeway_seconds: 60,
@@ -75,10 +86,10 @@ impl AuthSettings {
     pub fn validate(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.mode == AuthMode::Required {
-            if self.jwks_file.is_none() && self.certificates.is_empty() {
-                out.push("auth.mode is required but neither auth.jwks_file nor auth.certificates is set: give the issuer's JWKS file or map client certificates".into());
+            if self.jwks_file.is_none() && self.jwks_url.is_none() && self.certificates.is_empty() {
+                out.push("auth.mode is required but none of auth.jwks_file, auth.jwks_url and auth.certificates is set: give the issuer's JWKS (a file or its https:// URL) or map client certificates".into());
             }
-            if self.jwks_file.is_some() {
+            if self.jwks_file.is_some() || self.jwks_url.is_some() {
                 if self.issuer.as_deref().is_none_or(str::is_empty) {
                     out.push(
                         "auth.issuer is empty: set the token issuer (the `iss` claim) to accept"
@@ -89,6 +100,30 @@ impl AuthSettings {
                     out.push("auth.audience is empty: set the audience (an `aud` value) tokens must carry for this system".into());
                 }
             }
+        }
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            out.push(
+                "auth.jwks_file and auth.jwks_url are both set: give the issuer's keys one way"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.jwks_url {
+            let rest = url.strip_prefix("https://").unwrap_or_default();
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if host.is_empty() || url.chars().any(char::is_whitespace) {
+                out.push(format!(
+                    "auth.jwks_url {url:?} is not an https:// URL: give the issuer's JWKS URL (e.g. https://login.example.com/.well-known/jwks.json); keys fetched in the clear could be swapped on the way"
+                ));
+            }
+        }
+        if self.jwks_ca_file.is_some() && self.jwks_url.is_none() {
+            out.push("auth.jwks_ca_file is set without auth.jwks_url: it only says whom to trust for the JWKS URL".into());
+        }
+        if !(10..=86_400).contains(&self.jwks_refresh_seconds) {
+            out.push(format!(
+                "auth.jwks_refresh_seconds = {} is outside 10..=86400: fetch the issuer's keys again between every 10 s and once a day",
+                self.jwks_refresh_seconds
+            ));
         }
         if self.leeway_seconds > 300 {
             out.push(format!(

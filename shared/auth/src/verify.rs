@@ -24,7 +24,7 @@ const ACCEPTED: [Algorithm; 7] = [
 
 /// The JWKS file is read again on an unknown key id at most this often
 /// (an issuer rotating keys publishes the new one before using it).
-const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(5);
+pub const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(5);
 
 /// Verifies bearer tokens and maps client certificates, per
 /// [`AuthSettings`].
@@ -37,12 +37,26 @@ pub struct Verifier {
 fn read_jwks(path: &PathBuf) -> Result<JwkSet, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read auth.jwks_file {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "auth.jwks_file {} is not a JWKS (a JSON object with \"keys\"): {e}",
-            path.display()
-        )
-    })
+    parse_jwks(&text, &format!("auth.jwks_file {}", path.display()))
+}
+
+/// A JWKS from its JSON text, read from `origin` (named in errors): a JSON
+/// object with `"keys"`, at least one, each usable to verify a signature.
+pub fn parse_jwks(text: &str, origin: &str) -> Result<JwkSet, String> {
+    let set: JwkSet = serde_json::from_str(text)
+        .map_err(|e| format!("{origin} is not a JWKS (a JSON object with \"keys\"): {e}"))?;
+    if set.keys.is_empty() {
+        return Err(format!("{origin} holds no keys"));
+    }
+    for (i, k) in set.keys.iter().enumerate() {
+        DecodingKey::from_jwk(k).map_err(|e| {
+            format!(
+                "{origin}: key {i} ({}) is unusable: {e}",
+                k.common.key_id.as_deref().unwrap_or("no kid")
+            )
+        })?;
+    }
+    Ok(set)
 }
 
 impl Verifier {
@@ -62,6 +76,37 @@ impl Verifier {
     /// The settings it was made with.
     pub fn settings(&self) -> &AuthSettings {
         &self.settings
+    }
+
+    /// Replaces the issuer's keys (fetched from `auth.jwks_url` by whoever
+    /// does the I/O).
+    pub fn replace_keys(&self, keys: JwkSet) {
+        *self.keys.write().expect("jwks") = (keys, Instant::now());
+    }
+
+    /// How many keys it holds now.
+    pub fn key_count(&self) -> usize {
+        self.keys.read().expect("jwks").0.keys.len()
+    }
+
+    /// False only for a bearer token in `header` whose key (its `kid`, or
+    /// the one key when it names none) is not among the keys held: the
+    /// moment to fetch the issuer's keys again before verifying it.
+    pub fn knows_key_of(&self, header: Option<&str>) -> bool {
+        let Some(token) = header.and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        }) else {
+            return true;
+        };
+        let Ok(h) = jsonwebtoken::decode_header(token.trim()) else {
+            return true;
+        };
+        let g = self.keys.read().expect("jwks");
+        match h.kid.as_deref() {
+            Some(k) => g.0.find(k).is_some(),
+            None => g.0.keys.len() == 1,
+        }
     }
 
     fn key_for(&self, kid: Option<&str>) -> Result<(DecodingKey, Option<Algorithm>), Refusal> {

@@ -10,15 +10,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use casework_auth::{AuthMode, AuthSettings, Caller, Principal, Refusal, Verifier, required_role};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::jwks::JwksSource;
 
 #[derive(Debug)]
 struct Core {
     service: &'static str,
     /// `None`: authentication is off.
-    verifier: Option<Verifier>,
+    verifier: Option<Arc<Verifier>>,
+    /// Where the verifier's keys come from, when from a URL.
+    jwks: Option<Arc<JwksSource>>,
     /// False on a plaintext listener that is not loopback.
     bearer_allowed: bool,
 }
@@ -29,13 +34,14 @@ pub struct AuthLayer(Arc<Core>);
 
 impl AuthLayer {
     /// The layer of `service` per `settings`, for a listener on `listen`
-    /// with or without TLS. Reads the JWKS now.
-    pub fn new(
+    /// with or without TLS. Reads (or fetches) the JWKS now.
+    pub async fn new(
         service: &'static str,
         settings: &AuthSettings,
         listen: SocketAddr,
         tls: bool,
     ) -> anyhow::Result<Self> {
+        let mut jwks = None;
         let verifier = match settings.mode {
             AuthMode::Off => {
                 tracing::warn!(
@@ -46,12 +52,20 @@ impl AuthLayer {
                 None
             }
             AuthMode::Required => {
-                Some(Verifier::new(settings.clone()).map_err(|e| anyhow::anyhow!(e))?)
+                let v = Arc::new(Verifier::new(settings.clone()).map_err(|e| anyhow::anyhow!(e))?);
+                if let Some(source) = JwksSource::new(service, settings)? {
+                    let source = Arc::new(source);
+                    source.load(&v).await?;
+                    source.spawn_refresh(&v, Duration::from_secs(settings.jwks_refresh_seconds));
+                    jwks = Some(source);
+                }
+                Some(v)
             }
         };
         Ok(Self(Arc::new(Core {
             service,
             verifier,
+            jwks,
             bearer_allowed: tls || listen.ip().is_loopback(),
         })))
     }
@@ -61,15 +75,25 @@ impl AuthLayer {
     pub fn refusing() -> Self {
         Self(Arc::new(Core {
             service: "unconfigured",
-            verifier: Some(
+            verifier: Some(Arc::new(
                 Verifier::new(AuthSettings {
                     mode: AuthMode::Required,
                     ..Default::default()
                 })
                 .expect("no file to read"),
-            ),
+            )),
+            jwks: None,
             bearer_allowed: false,
         }))
+    }
+
+    /// The JWKS source to ask first, when `req` carries a token whose key
+    /// the verifier does not hold.
+    fn unknown_key<B>(&self, req: &http::Request<B>) -> Option<(Arc<JwksSource>, Arc<Verifier>)> {
+        let source = self.0.jwks.as_ref()?;
+        let verifier = self.0.verifier.as_ref()?;
+        let header = req.headers().get("authorization")?.to_str().ok();
+        (!verifier.knows_key_of(header)).then(|| (source.clone(), verifier.clone()))
     }
 
     fn admit<B>(&self, req: &mut http::Request<B>) -> Result<(), tonic::Status> {
@@ -185,9 +209,13 @@ pub struct AuthService<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -198,6 +226,20 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some((source, verifier)) = self.layer.unknown_key(&req) {
+            // The issuer may have rotated its keys: fetch them, then admit.
+            // The service that was made ready is the one that is called.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let layer = self.layer.clone();
+            return Box::pin(async move {
+                source.refresh_for_unknown_key(&verifier).await;
+                match layer.admit(&mut req) {
+                    Ok(()) => inner.call(req).await,
+                    Err(status) => Ok(status.into_http()),
+                }
+            });
+        }
         match self.layer.admit(&mut req) {
             Ok(()) => Box::pin(self.inner.call(req)),
             Err(status) => Box::pin(futures::future::ready(Ok(status.into_http()))),

@@ -110,7 +110,7 @@ impl GrpcServer {
         });
         let layer = match &self.auth {
             Some((service, settings)) => {
-                crate::auth::AuthLayer::new(service, settings, addr, self.tls.is_some())?
+                crate::auth::AuthLayer::new(service, settings, addr, self.tls.is_some()).await?
             }
             None => crate::auth::AuthLayer::refusing(),
         };

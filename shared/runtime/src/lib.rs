@@ -9,7 +9,7 @@
 //! service crate.
 //!
 //! Layout: `options`, `shutdown`, `store` (redb), `http` (health, readiness,
-//! metrics), `grpc`, `nats` (connect + log), `timers`, `held` (the bounded
+//! metrics), `grpc`, `jwks` (the issuer's keys from its URL), `nats` (connect + log), `timers`, `held` (the bounded
 //! cache of case state), `reconcile` (the one decide-append loop, the
 //! per-case locks and the coalescing work queue).
 
@@ -17,6 +17,7 @@ pub mod auth;
 pub mod grpc;
 pub mod held;
 pub mod http;
+pub mod jwks;
 pub mod nats;
 pub mod options;
 pub mod reconcile;

@@ -261,6 +261,7 @@ impl<S: Validate> Options<S> {
         }
         for (name, file) in [
             ("auth.jwks_file", &self.auth.jwks_file),
+            ("auth.jwks_ca_file", &self.auth.jwks_ca_file),
             ("tls.cert_file", &self.tls.cert_file),
             ("tls.key_file", &self.tls.key_file),
             ("tls.client_ca_file", &self.tls.client_ca_file),
