@@ -62,20 +62,61 @@ fn validate_strict(overlay: &str, yaml: &str) {
     );
 }
 
-fn env_of(container: &Value) -> BTreeMap<String, String> {
+/// The container's environment: plain values, a ConfigMap's value where the
+/// rendered manifests hold that ConfigMap (a missing one fails), a stand-in
+/// for the pod's name and for Secrets.
+fn env_of(container: &Value, docs: &[Value]) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     for e in container["env"].as_sequence().expect("env list") {
         let name = e["name"].as_str().unwrap().to_owned();
+        let from = &e["valueFrom"];
         let value = if let Some(v) = e["value"].as_str() {
             v.to_owned()
-        } else if e["valueFrom"]["fieldRef"].is_mapping() {
+        } else if from["fieldRef"].is_mapping() {
             "casework-pod-0".to_owned()
+        } else if let Some(map) = from["configMapKeyRef"]["name"].as_str() {
+            let key = from["configMapKeyRef"]["key"].as_str().unwrap();
+            docs.iter()
+                .find(|d| {
+                    d["kind"].as_str() == Some("ConfigMap")
+                        && d["metadata"]["name"].as_str() == Some(map)
+                })
+                .and_then(|d| d["data"][key].as_str())
+                .unwrap_or_else(|| panic!("{name}: no key {key} in a ConfigMap {map}"))
+                .to_owned()
         } else {
             "from-a-secret".to_owned()
         };
         env.insert(name, value);
     }
     env
+}
+
+/// Every `*_FILE` setting must lie under one of the container's volume
+/// mounts; for the options loader (which checks that files exist) each is
+/// replaced by a file in `scratch`.
+fn files_under_mounts(
+    name: &str,
+    container: &Value,
+    env: &mut BTreeMap<String, String>,
+    scratch: &std::path::Path,
+) {
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_sequence()
+        .map(|m| m.iter().filter_map(|m| m["mountPath"].as_str()).collect())
+        .unwrap_or_default();
+    for (key, value) in env.iter_mut() {
+        if !key.ends_with("_FILE") {
+            continue;
+        }
+        assert!(
+            mounts.iter().any(|m| value.starts_with(&format!("{m}/"))),
+            "{name}: {key}={value} is not under a volume mount ({mounts:?})"
+        );
+        let stand_in = scratch.join(key.as_str());
+        std::fs::write(&stand_in, "stand-in").unwrap();
+        *value = stand_in.display().to_string();
+    }
 }
 
 fn port_named(container: &Value, name: &str) -> u16 {
@@ -144,7 +185,9 @@ fn check_overlay(overlay: &str, replicas: u64) {
             c["command"][0].as_str(),
             Some(format!("/usr/local/bin/casework-{svc}").as_str())
         );
-        let env = env_of(c);
+        let mut env = env_of(c, &docs);
+        let scratch = tempfile::tempdir().unwrap();
+        files_under_mounts(&name, c, &mut env, scratch.path());
         let (grpc, http) = options_of(svc, &env);
         let (gp, hp) = (port_named(c, "grpc"), port_named(c, "http"));
         assert_eq!(
@@ -161,13 +204,37 @@ fn check_overlay(overlay: &str, replicas: u64) {
             grpc.ip().is_unspecified(),
             "{name}: gRPC must listen on all interfaces in a pod"
         );
-        assert_eq!(c["livenessProbe"]["grpc"]["port"].as_u64(), Some(gp as u64));
-        assert_eq!(c["startupProbe"]["grpc"]["port"].as_u64(), Some(gp as u64));
+        let tls = env.contains_key("CASEWORK_TLS__CERT_FILE");
+        for probe in ["livenessProbe", "startupProbe"] {
+            if tls {
+                // The kubelet's gRPC probe cannot speak TLS.
+                assert_eq!(
+                    c[probe]["httpGet"]["path"].as_str(),
+                    Some("/healthz"),
+                    "{name}: {probe} over HTTP when gRPC is TLS"
+                );
+                assert_eq!(c[probe]["httpGet"]["port"].as_str(), Some("http"));
+            } else {
+                assert_eq!(c[probe]["grpc"]["port"].as_u64(), Some(gp as u64));
+            }
+        }
         assert_eq!(
             c["readinessProbe"]["httpGet"]["path"].as_str(),
             Some("/readyz")
         );
         if replicas > 1 {
+            // Production: callers authenticate, over TLS.
+            assert_eq!(
+                env.get("CASEWORK_AUTH__MODE").map(String::as_str),
+                Some("required"),
+                "{name}: authentication required in production"
+            );
+            assert!(tls, "{name}: gRPC over TLS in production");
+            assert!(
+                env.get("CASEWORK_AUTH__JWKS_URL")
+                    .is_some_and(|u| u.starts_with("https://")),
+                "{name}: the issuer's JWKS URL"
+            );
             assert_eq!(
                 env.get("CASEWORK_NATS__STREAM_REPLICAS")
                     .map(String::as_str),
