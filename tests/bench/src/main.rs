@@ -11,6 +11,7 @@
 //! 1.0) scales the operation counts.
 
 mod append;
+mod auth;
 mod deadlines;
 mod fulfil;
 mod ledger;
@@ -42,6 +43,7 @@ async fn main() -> ExitCode {
                lifecycle-raw  the same 12 appends per case on bare JetStream, each after the first two made by a consumer that saw the previous one\n  \
                long-case  RecordInteraction latency on a fresh case and on one of 1,000 and 10,000 events (and -raw: direct get + one OCC publish)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
+               auth     the gRPC edge admitting one call with an EdDSA bearer token, and with authentication off (auth-off)\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
         );
@@ -63,6 +65,7 @@ async fn main() -> ExitCode {
             "lifecycle-cluster" => lifecycle::lifecycle_cluster().await,
             "long-case" => long_case::long_case().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
+            "auth" => auth::auth().await,
             "all" => {
                 append::append().await;
                 append::replay().await;

@@ -134,7 +134,7 @@ async fn a_cases_journey_through_every_service_is_one_trace() {
     macro_rules! start {
         ($krate:ident, $name:literal) => {{
             let mut o = $krate::default_options();
-            o.instance = format!("{}-trace", $name);
+            o.instance = format!("{}-0", $name);
             o.data_dir = dir.join($name);
             o.grpc_listen = "127.0.0.1:0".parse().unwrap();
             o.http_listen = "127.0.0.1:0".parse().unwrap();
