@@ -13,7 +13,6 @@ use casework_domain::pb::envelope::Payload;
 use casework_domain::{CaseId, CaseState, ChainTip, EventType, RawEvent, Tenant, Writer, evolve};
 use casework_proto::ledger::v1 as api;
 use casework_proto::ledger::v1::ledger_server::Ledger;
-use casework_runtime::store::blocking;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::archive::{Archive, CaseRecord, Filter, Row, verify_tokens};
 use crate::bundle::{self, CatalogRef};
 use crate::convert;
-use crate::error::{Error, Result, to_status};
+use crate::error::{Error, Result, read_blocking, to_status};
 use crate::position;
 
 type ServerStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -81,7 +80,7 @@ impl LedgerApi {
     async fn verify_case(&self, key: CaseKey, archive_only: bool) -> Result<api::CaseVerification> {
         let archive = self.archive.clone();
         let k = key.clone();
-        let (rec, rows) = blocking(move || all_rows(&archive, &k)).await?;
+        let (rec, rows) = read_blocking(move || all_rows(&archive, &k)).await?;
         self.verification(key, rec, rows, archive_only).await
     }
 
@@ -277,7 +276,7 @@ impl Ledger for LedgerApi {
                 position::parse_page("page_token", &req.page_token)?
             };
             let archive = self.archive.clone();
-            let (rec, rows) = blocking(move || -> Result<_> {
+            let (rec, rows) = read_blocking(move || -> Result<_> {
                 let (t, c) = (key.tenant.as_str(), key.case_id.as_str());
                 let rec = archive
                     .case(t, c)?
@@ -314,7 +313,7 @@ impl Ledger for LedgerApi {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
             let k = key.clone();
-            let rec = blocking(move || archive.case(k.tenant.as_str(), k.case_id.as_str()))
+            let rec = read_blocking(move || archive.case(k.tenant.as_str(), k.case_id.as_str()))
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("case {key} is not in the archive")))?;
             Ok(convert::summary(
@@ -342,7 +341,7 @@ impl Ledger for LedgerApi {
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
-            let steps = blocking(move || -> Result<_> {
+            let steps = read_blocking(move || -> Result<_> {
                 let (_, rows) = all_rows(&archive, &key)?;
                 replay_steps(&rows, &req)
             })
@@ -384,12 +383,16 @@ impl Ledger for LedgerApi {
         let tenant = token("tenant", &req.tenant, Tenant::parse).map_err(to_status)?;
         for_tenant_or_all(&caller, tenant.as_deref())?;
         let archive = self.archive.clone();
-        let cases = blocking(move || archive.cases(tenant.as_deref()))
+        let cases = read_blocking(move || archive.cases(tenant.as_deref()))
             .await
             .map_err(to_status)?;
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
-        tokio::spawn(async move {
+        let total = cases.len();
+        let checked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = checked.clone();
+        let out = tx.clone();
+        let work = tokio::spawn(async move {
             for (t, c, _) in cases {
                 let result = match case_key(&t, &c) {
                     Ok(key) => me.verify_case(key, req.archive_only).await,
@@ -398,7 +401,7 @@ impl Ledger for LedgerApi {
                     Err(_) => {
                         let archive = me.archive.clone();
                         let (tt, cc) = (t.clone(), c.clone());
-                        blocking(move || -> Result<_> {
+                        read_blocking(move || -> Result<_> {
                             let rec = archive.case(&tt, &cc)?.unwrap_or_default();
                             let rows = archive.case_events(&tt, &cc, 1, usize::MAX)?;
                             let raws: Vec<RawEvent> = rows.iter().map(Row::raw_event).collect();
@@ -417,15 +420,29 @@ impl Ledger for LedgerApi {
                     }
                 };
                 let item = match result {
-                    Ok(v) if req.only_broken && v.intact => continue,
+                    Ok(v) if req.only_broken && v.intact => {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                     Ok(v) => Ok(v),
-                    Err(e) => Err(to_status(e)),
+                    // A case that cannot be checked ends the run: a
+                    // verification that skipped it is no verification.
+                    Err(e) => {
+                        let _ = out.send(Err(to_status(e))).await;
+                        return;
+                    }
                 };
-                if tx.send(item).await.is_err() {
+                if out.send(item).await.is_err() {
                     return;
                 }
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
+        // The stream ends OK only when every case was checked: a case that
+        // cannot be checked ends it with that case's error, and a run that
+        // dies (a panic) ends DATA_LOSS saying how far it got — never a
+        // short clean result.
+        supervise(work, checked, total, tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -444,7 +461,7 @@ impl Ledger for LedgerApi {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
             let catalogs = self.catalogs.clone();
-            blocking(move || -> Result<_> {
+            read_blocking(move || -> Result<_> {
                 let (rec, rows) = all_rows(&archive, &key)?;
                 let catalog = catalog_of(&rows, &catalogs);
                 let b = bundle::build(
@@ -512,7 +529,7 @@ impl LedgerApi {
                 })?;
                 let us = from_timestamp(at).timestamp_micros();
                 let archive = self.archive.clone();
-                let first = blocking(move || archive.first_seq_at_or_after(us)).await?;
+                let first = read_blocking(move || archive.first_seq_at_or_after(us)).await?;
                 Ok(first.unwrap_or(checkpoint + 1))
             }
             Err(_) => Err(Error::InvalidArgument {
@@ -540,7 +557,7 @@ async fn serve_subscription(
         while next <= upto {
             let a = archive.clone();
             let f = filter.clone();
-            let scanned = blocking(move || a.scan(&f, next, upto, batch.max(1))).await;
+            let scanned = read_blocking(move || a.scan(&f, next, upto, batch.max(1))).await;
             let (rows, after) = match scanned {
                 Ok(v) => v,
                 Err(e) => {
@@ -563,5 +580,69 @@ async fn serve_subscription(
             changed = checkpoint.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
         }
+    }
+}
+
+/// Ends a streamed run that dies (its task panics) with DATA_LOSS, saying
+/// how many of `total` items it had finished (`checked`): a stream that
+/// stops short never ends OK.
+fn supervise<T: Send + 'static>(
+    work: tokio::task::JoinHandle<()>,
+    checked: Arc<std::sync::atomic::AtomicUsize>,
+    total: usize,
+    tx: mpsc::Sender<Result<T, Status>>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = work.await {
+            let n = checked.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, checked = n, total, "a streamed run stopped");
+            let _ = tx
+                .send(Err(Status::data_loss(format!(
+                    "only {n} of {total} cases were verified (the verification stopped: {e}); the result is incomplete: do not rely on it"
+                ))))
+                .await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    async fn run(fail_after: Option<usize>) -> Vec<Result<usize, Status>> {
+        let (tx, mut rx) = mpsc::channel(16);
+        let checked = Arc::new(AtomicUsize::new(0));
+        let (done, out) = (checked.clone(), tx.clone());
+        let work = tokio::spawn(async move {
+            for i in 0..5 {
+                assert!(fail_after != Some(i), "a read of the store panicked");
+                out.send(Ok(i)).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        supervise(work, checked, 5, tx);
+        let mut got = Vec::new();
+        while let Some(item) = rx.recv().await {
+            got.push(item);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_run_that_dies_ends_with_data_loss_saying_how_far_it_got() {
+        let got = run(Some(2)).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[..2].iter().all(Result::is_ok));
+        let end = got[2].as_ref().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::DataLoss);
+        assert!(end.message().contains("only 2 of 5"), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_that_finishes_ends_clean() {
+        let got = run(None).await;
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(Result::is_ok));
     }
 }

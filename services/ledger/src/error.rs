@@ -20,6 +20,12 @@ pub enum Error {
     /// redb failed.
     #[error("archive: {0}")]
     Store(#[from] redb::Error),
+    /// The archive's file cannot be read as written (a damaged page, a
+    /// read that panicked inside redb).
+    #[error(
+        "{0}; the archive's file may be damaged: stop the ledger, move its data directory aside and start it again to rebuild the archive from the stream (then verify again)"
+    )]
+    Damaged(String),
     /// Anything else that should not happen.
     #[error("{0}")]
     Internal(String),
@@ -64,9 +70,36 @@ pub fn to_status(e: Error) -> tonic::Status {
         Error::InvalidArgument { .. } => tonic::Status::invalid_argument(e.to_string()),
         Error::NotFound(_) => tonic::Status::not_found(e.to_string()),
         Error::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
+        Error::Store(redb::Error::Corrupted(_)) | Error::Damaged(_) => {
+            tracing::error!(error = %e, "the archive cannot be read");
+            tonic::Status::data_loss(e.to_string())
+        }
         Error::Store(_) | Error::Internal(_) => {
             tracing::error!(error = %e, "internal error");
             tonic::Status::internal(e.to_string())
         }
+    }
+}
+
+/// Runs a read of the archive on the blocking pool. A read that panics
+/// (redb does, on some damaged pages) is [`Error::Damaged`], not a panic of
+/// the handler: the caller is told DATA_LOSS and the service goes on.
+pub async fn read_blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Damaged(match e.try_into_panic() {
+            Ok(p) => format!(
+                "a read of the archive failed: {}",
+                p.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| p.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic inside the store")
+            ),
+            Err(_) => "a read of the archive was cancelled".to_owned(),
+        })),
     }
 }

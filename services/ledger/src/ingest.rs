@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::read_blocking;
 use casework_caselog::CaseLog;
 use casework_domain::RawEvent;
 use casework_runtime::Shutdown;
 use casework_runtime::http::Readiness;
-use casework_runtime::store::blocking;
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -86,7 +86,7 @@ pub async fn run(
     };
     readiness.set(READY_STREAM, true);
     let a = archive.clone();
-    let mut checkpoint = blocking(move || a.checkpoint()).await?;
+    let mut checkpoint = read_blocking(move || a.checkpoint()).await?;
     let mut caught_up = checkpoint >= target;
     readiness.set(READY_CAUGHT_UP, caught_up);
     tracing::info!(checkpoint, target, "archiving from the stream");
@@ -124,7 +124,7 @@ pub async fn run(
             }
             if !raws.is_empty() {
                 let a = archive.clone();
-                let report = blocking(move || a.ingest(&raws)).await?;
+                let report = read_blocking(move || a.ingest(&raws)).await?;
                 metrics::counter!("casework_ledger_events_archived_total")
                     .increment(report.archived as u64);
                 for b in &report.breaks {

@@ -115,7 +115,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     readiness.set(ingest::READY_STREAM, false);
     readiness.set(ingest::READY_CAUGHT_UP, false);
     let db = store::open(&options.data_dir, "ledger")?;
-    let archive = archive::Archive::open(db)?;
+    let file = options.data_dir.join("ledger.redb");
+    let damaged = |e: error::Error| anyhow::anyhow!("{}: {e}", file.display());
+    let archive = error::read_blocking(move || archive::Archive::open(db))
+        .await
+        .map_err(damaged)?;
     let catalogs = Arc::new(casework_runtime::load_catalogs(&options.catalog)?);
     let client = casework_runtime::nats::connect_reader(&options.nats, &options.instance).await?;
     let log: Arc<dyn CaseLog> = Arc::new(
@@ -123,8 +127,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
             .with_request_timeout(Duration::from_millis(options.nats.request_timeout_ms)),
     );
     let a = archive.clone();
-    let (checkpoint_tx, checkpoint_rx) =
-        tokio::sync::watch::channel(store::blocking(move || a.checkpoint()).await?);
+    let (checkpoint_tx, checkpoint_rx) = tokio::sync::watch::channel(
+        error::read_blocking(move || a.checkpoint())
+            .await
+            .map_err(damaged)?,
+    );
     let http = http::serve(options.http_listen, readiness.clone(), shutdown.clone()).await?;
     let api = api::LedgerApi {
         archive: archive.clone(),

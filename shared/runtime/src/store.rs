@@ -15,8 +15,22 @@ pub fn open(dir: &Path, name: &str) -> anyhow::Result<Arc<Database>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.redb"));
-    let db = Database::create(&path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    // redb panics on some damaged pages instead of returning an error:
+    // either way the service refuses to start, saying which file and what
+    // to do, rather than dying with a panic.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&path)))
+        .map_err(|p| {
+            let why = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic inside redb");
+            anyhow::anyhow!(
+                "cannot open {}: the file is damaged ({why}); move it aside and start again to rebuild it from the streams",
+                path.display()
+            )
+        })?;
+    let db = opened.map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     Ok(Arc::new(db))
 }
 
