@@ -5,7 +5,8 @@
 //! RPC needs somewhere ([`casework_auth::required_role`]), and hands the
 //! [`Caller`] to the handler, which checks the tenant. A refusal is
 //! answered here, before the request is decoded, counted and logged
-//! without the token.
+//! without the token. A handler that panics is answered here too, INTERNAL
+//! with the reason, and the service goes on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use casework_auth::{AuthMode, AuthSettings, Caller, Principal, Refusal, Verifier, required_role};
+use futures::FutureExt;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::jwks::JwksSource;
@@ -225,7 +227,51 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let service = self.layer.0.service;
+        let rpc = req.uri().path().to_owned();
+        Box::pin(
+            std::panic::AssertUnwindSafe(self.admit_and_call(req))
+                .catch_unwind()
+                .map(move |r| r.unwrap_or_else(|p| Ok(panicked(service, &rpc, p.as_ref())))),
+        )
+    }
+}
+
+/// The answer to a call whose handler panicked: INTERNAL saying so (the
+/// panic is logged and counted), instead of a reset stream the client can
+/// only report as CANCELLED.
+fn panicked(
+    service: &'static str,
+    rpc: &str,
+    p: &(dyn std::any::Any + Send),
+) -> http::Response<tonic::body::Body> {
+    let why = p
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    metrics::counter!("casework_grpc_panics_total", "service" => service).increment(1);
+    tracing::error!(service, rpc, panic = why, "a call's handler panicked");
+    tonic::Status::internal(format!(
+        "{service} failed while answering {rpc} ({why}); it is logged — if it repeats for the same case, the service's store may be damaged"
+    ))
+    .into_http()
+}
+
+impl<S: Clone> AuthService<S> {
+    fn admit_and_call<B>(
+        &mut self,
+        mut req: http::Request<B>,
+    ) -> futures::future::BoxFuture<'static, Result<S::Response, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+    {
         if let Some((source, verifier)) = self.layer.unknown_key(&req) {
             // The issuer may have rotated its keys: fetch them, then admit.
             // The service that was made ready is the one that is called.
@@ -250,6 +296,55 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_internal_and_the_service_goes_on() {
+        use tower::{Layer, Service, ServiceExt};
+        let layer = AuthLayer::new(
+            "intake",
+            &AuthSettings::default(),
+            "127.0.0.1:0".parse().unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            assert!(
+                req.uri().path().ends_with("/GetCase"),
+                "redb: invalid page type byte 167"
+            );
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = layer.layer(inner);
+        let call = |path: &str| {
+            http::Request::builder()
+                .uri(format!("/casework.intake.v1.Intake/{path}"))
+                .body(())
+                .unwrap()
+        };
+        let resp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("ListCases"))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(
+            status.message().contains("invalid page type byte"),
+            "{status:?}"
+        );
+        // The next call is served as usual.
+        let resp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("GetCase"))
+            .await
+            .unwrap();
+        assert!(tonic::Status::from_header_map(resp.headers()).is_none());
+    }
 
     #[test]
     fn a_certificate_names_its_uri_and_dns_sans_and_its_cn() {
