@@ -51,6 +51,16 @@ pub fn init_telemetry(service_name: &str, t: &TelemetrySettings) {
 /// Loads the catalogue versions named by the options (files or
 /// directories), or the built-in sample when none are given.
 pub fn load_catalogs(paths: &[std::path::PathBuf]) -> anyhow::Result<casework_catalog::Catalogs> {
+    load_catalogs_inner(paths).map_err(|e| anyhow::Error::new(BadConfiguration(format!("{e:#}"))))
+}
+
+/// A configuration problem found after the options were read (a missing
+/// or invalid catalogue): the process exits 2, like for bad options.
+#[derive(Debug, thiserror::Error)]
+#[error("bad configuration: {0}")]
+pub struct BadConfiguration(pub String);
+
+fn load_catalogs_inner(paths: &[std::path::PathBuf]) -> anyhow::Result<casework_catalog::Catalogs> {
     if paths.is_empty() {
         return Ok(casework_catalog::Catalogs::new([
             casework_catalog::sample(),
@@ -132,6 +142,12 @@ where
             return ExitCode::from(2);
         }
     };
+    if let Ok(f) = std::env::var("CASEWORK_LOG")
+        && let Err(e) = casework_telemetry::check_filter(&f)
+    {
+        eprintln!("{name}: bad options: CASEWORK_LOG: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -148,7 +164,11 @@ where
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "{name} stopped");
                 eprintln!("{name}: {e:#}");
-                ExitCode::from(1)
+                if e.chain().any(|c| c.is::<BadConfiguration>()) {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::from(1)
+                }
             }
         }
     })

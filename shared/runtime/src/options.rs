@@ -249,6 +249,9 @@ impl<S: Validate> Options<S> {
             p.push("tls.client_ca_file needs tls.cert_file and tls.key_file".to_owned());
         }
         p.extend(self.auth.validate());
+        if let Err(e) = casework_telemetry::check_filter(&self.telemetry.log_filter) {
+            p.push(format!("telemetry.log_filter: {e}"));
+        }
         if self.auth.mode == casework_auth::AuthMode::Required
             && !self.tls.enabled()
             && !self.grpc_listen.ip().is_loopback()

@@ -38,6 +38,17 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
 }
 
+/// Whether `filter` is a valid `tracing` filter (e.g. `info,casework=debug`),
+/// or what is wrong with it: a bad filter is refused at start, never
+/// silently replaced.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    EnvFilter::try_new(filter).map(|_| ()).map_err(|e| {
+        format!(
+            "{filter:?} is not a log filter ({e}): use e.g. \"info\" or \"info,casework=debug\""
+        )
+    })
+}
+
 /// Installs logs and (when configured) trace export for the process. Later
 /// calls are no-ops. Returns whether this call installed them.
 pub fn init(config: &Config) -> bool {
