@@ -58,6 +58,27 @@ pub fn release_bins() -> &'static Path {
     })
 }
 
+/// The variables of the test process a service is still given: none of
+/// the harness's own (`CASEWORK_BIN_DIR`, `CASEWORK_NATS_SERVER`, …) and
+/// nothing a developer's shell happens to hold, only what a process needs
+/// to run and to report a crash.
+pub const PASSED_THROUGH: &[&str] = &["PATH", "HOME", "TMPDIR", "RUST_BACKTRACE"];
+
+/// The command that starts `bin` with exactly `env` (plus
+/// [`PASSED_THROUGH`]): a service never sees a variable that is not its
+/// own.
+pub fn service_command(bin: &Path, env: &BTreeMap<String, String>) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear();
+    for key in PASSED_THROUGH {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(env);
+    cmd
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -133,9 +154,7 @@ impl ServiceProc {
             .append(true)
             .open(&self.log)
             .expect("service log");
-        let child = Command::new(&bin)
-            .envs(&self.env)
-            .env_remove("CASEWORK_CONFIG")
+        let child = service_command(&bin, &self.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -4,24 +4,28 @@
 //! is wrong, like every other bad option — never 1 (a runtime failure) and
 //! never silently replaced.
 
-use std::process::Command;
+use std::collections::BTreeMap;
 
-use casework_e2e::release_bins;
+use casework_e2e::{release_bins, service_command};
 
-/// Runs `service` with only `env` and returns (exit code, stderr).
+/// Runs `service` with the settings below and `env`; returns (exit code,
+/// stderr).
 fn run(service: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(release_bins().join(format!("casework-{service}")));
-    cmd.env_clear()
-        .env("CASEWORK_DATA_DIR", data.path())
-        .env("CASEWORK_GRPC_LISTEN", "127.0.0.1:0")
-        .env("CASEWORK_HTTP_LISTEN", "127.0.0.1:1")
+    let env: BTreeMap<String, String> = [
+        ("CASEWORK_DATA_DIR", data.path().to_str().unwrap()),
+        ("CASEWORK_GRPC_LISTEN", "127.0.0.1:0"),
+        ("CASEWORK_HTTP_LISTEN", "127.0.0.1:1"),
         // Nothing listens there: nothing may get as far as connecting.
-        .env("CASEWORK_NATS__URL", "nats://127.0.0.1:1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run the service");
+        ("CASEWORK_NATS__URL", "nats://127.0.0.1:1"),
+    ]
+    .into_iter()
+    .chain(env.iter().copied())
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let out = service_command(&release_bins().join(format!("casework-{service}")), &env)
+        .output()
+        .expect("run the service");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
