@@ -61,6 +61,11 @@ pub struct AuthSettings {
     pub roles_claim: String,
     /// Client certificate identities mapped to principals.
     pub certificates: Vec<CertificateMapping>,
+    /// Whether `mode = off` is allowed on a gRPC listener that is not
+    /// loopback. Off by default: a service reachable from the network
+    /// without authentication must be asked for by name (a development
+    /// cluster), never be what a forgotten setting gives.
+    pub off_beyond_loopback: bool,
 }
 
 impl Default for AuthSettings {
@@ -77,6 +82,7 @@ impl Default for AuthSettings {
             tenants_claim: "casework/tenants".into(),
             roles_claim: "casework/roles".into(),
             certificates: Vec::new(),
+            off_beyond_loopback: false,
         }
     }
 }

@@ -25,6 +25,9 @@ pub const NOT_OPTIONS: &[&str] = &[
     "CASEWORK_BENCH_SCALE",
     "CASEWORK_BIN_DIR",
     "CASEWORK_LOG",
+    // casectl's bearer token: the README has people export it in the shell
+    // they start services from.
+    "CASEWORK_TOKEN",
     crate::reconcile::CRASH_BETWEEN_VAR,
 ];
 
@@ -259,6 +262,15 @@ impl<S: Validate> Options<S> {
         {
             p.push(format!(
                 "auth.mode is required but gRPC listens in plaintext on {}: bearer tokens would cross the network in the clear and are refused there; configure tls.cert_file and tls.key_file",
+                self.grpc_listen
+            ));
+        }
+        if self.auth.mode == casework_auth::AuthMode::Off
+            && !self.grpc_listen.ip().is_loopback()
+            && !self.auth.off_beyond_loopback
+        {
+            p.push(format!(
+                "auth.mode is off but gRPC listens on {}, beyond loopback: anyone who reaches it could act for any tenant; set auth.mode = required with the issuer's JWKS, listen on 127.0.0.1, or (a development cluster only) set auth.off_beyond_loopback = true",
                 self.grpc_listen
             ));
         }
@@ -535,5 +547,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad.toml") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn authentication_off_is_refused_beyond_loopback_unless_asked_for() {
+        let open = [("CASEWORK_GRPC_LISTEN", "0.0.0.0:50051")];
+        let e = load(defaults(), None, &env(&open)).unwrap_err().to_string();
+        assert!(
+            e.contains("auth.mode is off") && e.contains("0.0.0.0:50051"),
+            "{e}"
+        );
+        let asked = [
+            ("CASEWORK_GRPC_LISTEN", "0.0.0.0:50051"),
+            ("CASEWORK_AUTH__OFF_BEYOND_LOOPBACK", "true"),
+        ];
+        assert!(load(defaults(), None, &env(&asked)).is_ok());
+        // The default listener is loopback: local development needs nothing.
+        assert!(load(defaults(), None, &BTreeMap::new()).is_ok());
     }
 }
