@@ -155,14 +155,63 @@ fn status_name(s: i32) -> String {
         .unwrap_or_else(|_| "?".to_owned())
 }
 
+/// A proto enum's name as people read it: `CHANNEL_EMAIL` → `email`; empty
+/// for UNSPECIFIED.
+fn enum_name(name: Option<&str>, prefix: &str) -> String {
+    match name {
+        Some(n) if n.ends_with("_UNSPECIFIED") => String::new(),
+        Some(n) => n.trim_start_matches(prefix).to_lowercase(),
+        None => "?".to_owned(),
+    }
+}
+
+/// Left-aligned columns as wide as their widest cell (counted in
+/// characters), two spaces apart, no trailing blanks.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let head: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn case_json(c: &api::Case) -> serde_json::Value {
+    use casework_proto::events::v1 as ev;
     json!({
         "tenant": c.tenant,
         "case_id": c.case_id,
         "customer_id": c.customer_id,
+        "channel": enum_name(ev::Channel::try_from(c.channel).ok().map(|x| x.as_str_name()), "CHANNEL_"),
+        "purchase_stage": enum_name(
+            ev::PurchaseStage::try_from(c.purchase_stage).ok().map(|x| x.as_str_name()),
+            "PURCHASE_STAGE_",
+        ),
         "service_code": c.service_code,
         "summary": c.summary,
         "status": status_name(c.status),
+        "resolution": enum_name(
+            ev::Resolution::try_from(c.resolution).ok().map(|x| x.as_str_name()),
+            "RESOLUTION_",
+        ),
+        "closed_at": ts(&c.closed_at),
+        "interactions": c.interactions,
         "deadline": c.promise.as_ref().map(|p| ts(&p.deadline)),
         "breached": c.breached,
         "promise_kept": c.promise_kept,
@@ -258,6 +307,9 @@ pub async fn show(url: &Target, tenant: Option<&str>, a: crate::CaseArg) -> Resu
     let mut text = String::new();
     for (k, v) in j.as_object().into_iter().flatten() {
         let v = match v {
+            // Not set yet (a case still open has no resolution).
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(s) if s.is_empty() => continue,
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
@@ -282,25 +334,30 @@ pub async fn list(url: &Target, tenant: Option<&str>, a: ListArgs) -> Result<Rep
         .await
         .map_err(|e| Error::from_status("list", e))?
         .into_inner();
-    let mut text = format!(
-        "{:26}  {:11} {:12} {:10} {:>6}  DEADLINE\n",
-        "CASE", "STATUS", "SERVICE", "CUSTOMER", "EVENTS"
+    let rows: Vec<Vec<String>> = r
+        .cases
+        .iter()
+        .map(|c| {
+            vec![
+                c.case_id.clone(),
+                status_name(c.status),
+                c.service_code.clone(),
+                c.customer_id.clone(),
+                c.event_count.to_string(),
+                c.promise
+                    .as_ref()
+                    .map(|p| ts(&p.deadline))
+                    .unwrap_or_default(),
+                if c.breached { "BREACHED" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    let mut text = table(
+        &[
+            "CASE", "STATUS", "SERVICE", "CUSTOMER", "EVENTS", "DEADLINE", "",
+        ],
+        &rows,
     );
-    for c in &r.cases {
-        text.push_str(&format!(
-            "{:26}  {:11} {:12} {:10} {:>6}  {}{}\n",
-            c.case_id,
-            status_name(c.status),
-            c.service_code,
-            c.customer_id,
-            c.event_count,
-            c.promise
-                .as_ref()
-                .map(|p| ts(&p.deadline))
-                .unwrap_or_default(),
-            if c.breached { "  BREACHED" } else { "" }
-        ));
-    }
     if !r.next_page_token.is_empty() {
         text.push_str(&format!("more: --page {}\n", r.next_page_token));
     }
@@ -365,4 +422,43 @@ pub async fn withdraw(url: &Target, tenant: Option<&str>, a: WithdrawArgs) -> Re
         .map_err(|e| Error::from_status("withdraw", e))?
         .into_inner();
     Ok(recorded("withdrawal", r.recorded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell() {
+        let rows = vec![
+            vec![
+                "a".to_owned(),
+                "a-very-long-service-name".to_owned(),
+                "x".to_owned(),
+            ],
+            vec!["bbbb".to_owned(), "refund".to_owned(), String::new()],
+        ];
+        let t = table(&["ID", "SERVICE", "FLAG"], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "ID    SERVICE                   FLAG");
+        assert_eq!(lines[1], "a     a-very-long-service-name  x");
+        assert_eq!(lines[2], "bbbb  refund");
+        // Every column starts where its header does.
+        let col = lines[0].find("FLAG").unwrap();
+        assert_eq!(lines[1].find('x'), Some(col));
+    }
+
+    #[test]
+    fn a_case_shows_its_channel_and_resolution() {
+        let c = api::Case {
+            channel: casework_proto::events::v1::Channel::InPerson as i32,
+            resolution: casework_proto::events::v1::Resolution::Recovered as i32,
+            ..Default::default()
+        };
+        let j = case_json(&c);
+        assert_eq!(j["channel"], "in_person");
+        assert_eq!(j["resolution"], "recovered");
+        let open = case_json(&api::Case::default());
+        assert_eq!(open["resolution"], "", "UNSPECIFIED is shown as not set");
+    }
 }

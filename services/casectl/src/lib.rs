@@ -89,7 +89,8 @@ pub enum Command {
     /// Show one case as intake sees it.
     #[command(after_help = "Example:\n  casectl show acme/01JD8X3V5R6M2Q4T7W9Y0Z1A2B")]
     Show(CaseArg),
-    /// List a tenant's cases (newest first, as intake pages them).
+    /// List a tenant's cases, oldest first (by opening time), as intake
+    /// pages them.
     #[command(after_help = "Example:\n  casectl list --tenant acme --status recovering --breached")]
     List(intake::ListArgs),
     /// Record the customer's feedback (1 very bad … 5 very good).

@@ -612,7 +612,9 @@ impl Engine {
         match Reconciler::reconcile(self, case, woke).await {
             Ok(()) => {}
             Err(Failure::Park(reason)) => match &self.0.parked {
-                Some(parked) => parked.park(case, &reason).await,
+                Some(parked) => {
+                    parked.park(case, &reason).await;
+                }
                 None => tracing::error!(case = %case, reason, "case cannot be decided"),
             },
             Err(Failure::Retry(reason)) => {

@@ -331,17 +331,21 @@ impl Parked {
         }
     }
 
-    async fn write(&self, case: &CaseKey, reason: Option<String>) {
+    /// Writes (or with `None` removes) the record of `case`; returns whether
+    /// the case was not parked before.
+    async fn write(&self, case: &CaseKey, reason: Option<String>) -> bool {
         let db = self.db.clone();
         let key = case.to_string();
-        {
+        let newly = {
             let mut keys = self.keys.lock().expect("parked keys");
             if reason.is_some() {
-                keys.insert(key.clone());
+                keys.insert(key.clone())
             } else if !keys.remove(&key) {
-                return;
+                return false;
+            } else {
+                false
             }
-        }
+        };
         crate::store::blocking(move || {
             let tx = db.begin_write().expect("redb write");
             {
@@ -359,13 +363,24 @@ impl Parked {
             crate::store::commit(tx);
         })
         .await;
+        newly
     }
 
-    /// Records `case` as parked.
-    pub async fn park(&self, case: &CaseKey, reason: &str) {
-        tracing::error!(service = self.service, case = %case, reason, "case parked: it cannot be decided");
-        metrics::counter!("casework_cases_parked_total", "service" => self.service).increment(1);
-        self.write(case, Some(reason.to_owned())).await;
+    /// Records `case` as parked. The error log line and
+    /// `casework_cases_parked_total` count a case once, when it becomes
+    /// parked; parking it again (another wake-up of the same case) only
+    /// updates the record's reason.
+    /// Returns whether the case became parked now.
+    pub async fn park(&self, case: &CaseKey, reason: &str) -> bool {
+        let newly = self.write(case, Some(reason.to_owned())).await;
+        if newly {
+            tracing::error!(service = self.service, case = %case, reason, "case parked: it cannot be decided");
+            metrics::counter!("casework_cases_parked_total", "service" => self.service)
+                .increment(1);
+        } else {
+            tracing::debug!(service = self.service, case = %case, reason, "case still parked");
+        }
+        newly
     }
 
     /// Clears `case` (it was decided again successfully); free when the
@@ -785,4 +800,30 @@ pub async fn run_timer_loop(
         }
     });
     drive(Box::pin(wakes), reconciler, cfg, parked, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_case_is_counted_parked_once_however_often_it_is_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(redb::Database::create(dir.path().join("s.redb")).unwrap());
+        let parked = Parked::new(db.clone(), "test");
+        let case = CaseKey::parse("acme", "01JD8X3V5R6M2Q4T7W9Y0Z1A2B").unwrap();
+        assert!(parked.park(&case, "first wake-up").await);
+        assert!(!parked.park(&case, "second wake-up").await);
+        assert_eq!(parked.list().await.len(), 1);
+        assert!(
+            parked.list().await[0].1.contains("second wake-up"),
+            "the record keeps the latest reason"
+        );
+        // A restart knows it is parked already.
+        let again = Parked::new(db, "test");
+        assert!(!again.park(&case, "after a restart").await);
+        again.clear(&case).await;
+        assert!(again.list().await.is_empty());
+        assert!(again.park(&case, "parked anew").await);
+    }
 }

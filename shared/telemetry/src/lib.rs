@@ -49,6 +49,14 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
     })
 }
 
+/// Whether log lines carry colour codes: only on a terminal, and never
+/// when `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>). A file, a pipe or a log collector gets plain
+/// text.
+pub fn colours(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs logs and (when configured) trace export for the process. Later
 /// calls are no-ops. Returns whether this call installed them.
 pub fn init(config: &Config) -> bool {
@@ -64,7 +72,11 @@ pub fn init(config: &Config) -> bool {
         let fmt = if config.json_logs {
             tracing_subscriber::fmt::layer().json().boxed()
         } else {
-            tracing_subscriber::fmt::layer().boxed()
+            let ansi = colours(
+                std::io::IsTerminal::is_terminal(&std::io::stdout()),
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
+            tracing_subscriber::fmt::layer().with_ansi(ansi).boxed()
         };
         let provider = config.otlp_endpoint.as_ref().and_then(|endpoint| {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -163,6 +175,18 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(
+            colours(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(!colours(false, None), "a pipe or a file gets plain text");
+    }
 
     #[test]
     fn traceparents_parse() {
