@@ -78,11 +78,19 @@
 //! identical (`decide_tests` checks every prefix of every multi-event
 //! decision).
 //!
+//! **A declined compensation** moves on to the next rung. When the ladder
+//! then ends with nothing granted, no retry that kept the promise and no
+//! escalation, the recovery escalates the case to [`DECLINED_TIER`]
+//! (`case_escalated`, naming who declined what): a person refused the
+//! remedy the policy prescribed, so an apology alone is not counted as
+//! making the customer whole.
+//!
 //! **Outcome** (`recovery_completed`): RECOVERED if a retry ended in
-//! `promise_kept`; otherwise ESCALATED if the recovery escalated the case;
-//! otherwise RECOVERED if it apologised or granted a compensation (the
-//! customer was made whole as far as the policy goes); otherwise
-//! CUSTOMER_LOST (every rung was declined, skipped or exhausted).
+//! `promise_kept`; otherwise ESCALATED if the recovery escalated the case
+//! (a rung, or the declined compensation above); otherwise RECOVERED if it
+//! apologised or granted a compensation (the customer was made whole as far
+//! as the policy goes); otherwise CUSTOMER_LOST (every rung was skipped or
+//! exhausted).
 //!
 //! Every action event carries a `reason` and `causation_id` = the triggering
 //! event's id.
@@ -243,6 +251,14 @@ impl Writer<'_> {
     }
 }
 
+/// The locale of the texts recovery writes for the tenant's staff
+/// (approvers read amounts in them).
+const READER_LOCALE: casework_domain::money::Locale = casework_domain::money::Locale::en;
+
+/// The tier a recovery escalates to when a person declined its
+/// compensation and the ladder granted nothing else.
+pub const DECLINED_TIER: &str = "supervisor";
+
 fn rung_key(rung: usize, what: &str) -> String {
     format!("rung/{rung}/{what}")
 }
@@ -394,21 +410,25 @@ pub fn decide(
                         let spent = budget.spent_today_minor.saturating_add(granted_now);
                         let over_budget =
                             spent.saturating_add(c.amount_minor) > limits.daily_budget_minor;
+                        let money = |minor: u64, code: &str| {
+                            casework_domain::money::format(
+                                i64::try_from(minor).unwrap_or(i64::MAX),
+                                code,
+                                &READER_LOCALE,
+                            )
+                        };
                         let why = if over_limit {
                             format!(
-                                "{reason}; {} {} is above the automatic limit of {} {}: a person must approve it",
-                                c.amount_minor,
-                                c.currency,
-                                limits.auto_approve_limit_minor,
-                                limits.currency
+                                "{reason}; {} is above the automatic limit of {}: a person must approve it",
+                                money(c.amount_minor, c.currency.as_str()),
+                                money(limits.auto_approve_limit_minor, limits.currency.as_str()),
                             )
                         } else if over_budget {
                             format!(
-                                "{reason}; granting {} {} would exceed the tenant's daily budget ({spent} of {} {} granted today): a person must approve it",
-                                c.amount_minor,
-                                c.currency,
-                                limits.daily_budget_minor,
-                                limits.currency
+                                "{reason}; granting {} would exceed the tenant's daily budget ({} of {} granted today): a person must approve it",
+                                money(c.amount_minor, c.currency.as_str()),
+                                money(spent, limits.currency.as_str()),
+                                money(limits.daily_budget_minor, limits.currency.as_str()),
                             )
                         } else {
                             reason.clone()
@@ -546,6 +566,35 @@ pub fn decide(
                 escalations += 1;
             }
         }
+    }
+
+    // A person declined a compensation the policy prescribed and nothing was
+    // granted instead: an apology alone does not make the customer whole,
+    // and nobody may quietly count the case as recovered. It goes to a
+    // supervisor (the role that decides compensations) to settle.
+    let declined = existing.and_then(|r| {
+        r.compensations.iter().find_map(|c| match &c.state {
+            CompState::Declined(by) => Some((c.id.clone(), by.clone())),
+            _ => None,
+        })
+    });
+    if let Some((id, by)) = declined
+        && !retried_to_success
+        && granted == 0
+        && escalations == 0
+    {
+        w.push(
+            "declined/case_escalated",
+            Payload::CaseEscalated(pb::CaseEscalated {
+                recovery: number,
+                tier: DECLINED_TIER.to_owned(),
+                reason: format!(
+                    "{reason}; compensation {id} was declined by {} ({}) and nothing was granted instead: a supervisor decides how to make the customer whole",
+                    by.display_name, by.id
+                ),
+            }),
+        );
+        escalations += 1;
     }
 
     let (outcome, summary) = if retried_to_success {

@@ -504,12 +504,45 @@ fn a_declined_compensation_moves_on() {
     let mut c = Case::new("installation_appointment");
     c.run(deadline(), 0);
     c.decide_comp("r1-c2", false);
-    assert_eq!(c.run(deadline(), 0), [COMPLETED]);
-    assert_eq!(
-        c.outcome(),
-        Some(pb::RecoveryOutcome::Recovered),
-        "the apology stands"
+    // The ladder has no rung after it: a person refused the remedy, so the
+    // apology alone does not count as recovered; a supervisor settles it.
+    assert_eq!(c.run(deadline(), 0), [ESCALATED, COMPLETED]);
+    assert_eq!(c.outcome(), Some(pb::RecoveryOutcome::Escalated));
+    let escalated = c
+        .log
+        .iter()
+        .find_map(|e| match &e.payload {
+            Some(Payload::CaseEscalated(x)) => Some(x.clone()),
+            _ => None,
+        })
+        .expect("escalated");
+    assert_eq!(escalated.tier, crate::decide::DECLINED_TIER);
+    assert!(
+        escalated.reason.contains("r1-c2") && escalated.reason.contains("declined by Dana"),
+        "{}",
+        escalated.reason
     );
+}
+
+#[test]
+fn a_declined_compensation_followed_by_a_grant_is_recovered() {
+    let small = RecoveryAction::Compensation(Compensation {
+        kind: CompensationKind::Voucher,
+        amount_minor: 100,
+        currency: Currency::parse("EUR").unwrap(),
+    });
+    let big = RecoveryAction::Compensation(Compensation {
+        kind: CompensationKind::Refund,
+        amount_minor: 9_999,
+        currency: Currency::parse("EUR").unwrap(),
+    });
+    let mut c = Case::new("refund");
+    c.service.recovery.on_step_failed = vec![big, small];
+    c.failed(t0());
+    c.run(t0(), 0);
+    c.decide_comp("r1-c1", false);
+    assert_eq!(c.run(t0(), 0), [PROPOSED, GRANTED, COMPLETED]);
+    assert_eq!(c.outcome(), Some(pb::RecoveryOutcome::Recovered));
 }
 
 #[test]
@@ -529,7 +562,13 @@ fn outcome_rule_table() {
             vec![big.clone()],
             false,
             false,
-            pb::RecoveryOutcome::CustomerLost,
+            pb::RecoveryOutcome::Escalated,
+        ),
+        (
+            vec![apology.clone(), big.clone()],
+            false,
+            false,
+            pb::RecoveryOutcome::Escalated,
         ),
         (
             vec![big.clone()],
@@ -618,6 +657,14 @@ fn the_daily_budget_sends_a_small_compensation_to_a_person() {
         if *needs_person {
             assert!(
                 proposed.reason.contains("daily budget"),
+                "{}",
+                proposed.reason
+            );
+            // Amounts read as money, not as minor units (1000 cents is
+            // EUR 10.00, not 1000 EUR).
+            assert!(
+                proposed.reason.contains("granting EUR 10.00 would exceed")
+                    && proposed.reason.contains("of EUR 1,000.00 granted today"),
                 "{}",
                 proposed.reason
             );
