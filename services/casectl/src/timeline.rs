@@ -38,11 +38,10 @@ fn ts(t: &Option<prost_types::Timestamp>) -> String {
 fn money(m: &Option<pb::Money>) -> String {
     m.as_ref()
         .map(|m| {
-            format!(
-                "{}.{:02} {}",
-                m.amount_minor / 100,
-                (m.amount_minor % 100).abs(),
-                m.currency
+            casework_domain::money::format(
+                m.amount_minor,
+                &m.currency,
+                &casework_domain::money::locale("en"),
             )
         })
         .unwrap_or_default()

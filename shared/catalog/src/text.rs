@@ -113,14 +113,23 @@ pub(crate) fn format_clock(minutes: u16) -> String {
     format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
-/// Checks an ISO 4217-shaped currency code: three uppercase ASCII letters.
+/// Checks a currency code: an ISO 4217 currency with minor units (amounts
+/// are given in them, so a code without an exponent, like gold's `XAU`, or
+/// one ISO does not know, could not be shown to anyone correctly).
 pub(crate) fn check_currency(text: &str) -> Result<(), String> {
-    if text.len() == 3 && text.chars().all(|c| c.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(format!(
+    if !(text.len() == 3 && text.chars().all(|c| c.is_ascii_uppercase())) {
+        return Err(format!(
             "{text:?} is not a currency; write its ISO 4217 code in three uppercase letters, e.g. \"EUR\", \"USD\", \"GBP\""
-        ))
+        ));
+    }
+    match iso_currency::Currency::from_code(text) {
+        Some(c) if c.exponent().is_some() => Ok(()),
+        Some(_) => Err(format!(
+            "{text:?} has no minor unit in ISO 4217, and amounts are given in minor units: use a currency such as \"EUR\""
+        )),
+        None => Err(format!(
+            "{text:?} is not an ISO 4217 currency code: write one such as \"EUR\", \"USD\", \"JPY\""
+        )),
     }
 }
 
@@ -179,6 +188,13 @@ mod tests {
         assert!(check_token(&"a".repeat(41)).is_err());
         assert!(check_token("Refund").unwrap_err().contains("\"refund\""));
         assert!(check_currency("EUR").is_ok());
+        assert!(check_currency("JPY").is_ok() && check_currency("BHD").is_ok());
+        assert!(
+            check_currency("XYZ")
+                .unwrap_err()
+                .contains("not an ISO 4217")
+        );
+        assert!(check_currency("XAU").unwrap_err().contains("no minor unit"));
         for bad in ["eur", "EURO", "E1R", ""] {
             assert!(check_currency(bad).is_err(), "{bad}");
         }

@@ -10,10 +10,11 @@
 //! Layout: `token` (tenants, case and event ids), `event` (event types,
 //! writers, subjects, typed payloads), `chain` (sealing and the hash chain),
 //! `verify` (finding the first broken link), `state` (the case state and
-//! `evolve`).
+//! `evolve`), `money` (amounts as people read them).
 
 pub mod chain;
 pub mod event;
+pub mod money;
 pub mod state;
 pub mod token;
 pub mod verify;
