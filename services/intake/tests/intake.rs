@@ -305,6 +305,52 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     intake.stop().await;
 }
 
+/// An OpenCaseRequest as a client with broken encoding would send it: its
+/// `tenant` (field 1, a string) carries bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotUtf8 {
+    #[prost(bytes = "vec", tag = "1")]
+    tenant: Vec<u8>,
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let intake = Intake::start(&nats, dir.path(), "intake-a").await;
+    let log = reader(&nats).await;
+    let before = log.last_stream_seq().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", intake.running.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let e = grpc
+        .unary(
+            tonic::Request::new(NotUtf8 {
+                tenant: vec![0x61, 0xff, 0xfe],
+            }),
+            http::uri::PathAndQuery::from_static("/casework.intake.v1.Intake/OpenCase"),
+            tonic_prost::ProstCodec::<NotUtf8, api::OpenCaseResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("OpenCase") && e.message().contains("UTF-8"),
+        "{e:?}"
+    );
+    assert_eq!(
+        log.last_stream_seq().await.unwrap(),
+        before,
+        "nothing written"
+    );
+    intake.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_cases_and_refused_transitions() {
     let nats = NatsServer::start();

@@ -233,8 +233,41 @@ where
         Box::pin(
             std::panic::AssertUnwindSafe(self.admit_and_call(req))
                 .catch_unwind()
-                .map(move |r| r.unwrap_or_else(|p| Ok(panicked(service, &rpc, p.as_ref())))),
+                .map(move |r| match r {
+                    Ok(r) => r.map(|resp| undecodable_is_invalid_argument(&rpc, resp)),
+                    Err(p) => Ok(panicked(service, &rpc, p.as_ref())),
+                }),
         )
+    }
+}
+
+/// A request body that does not decode as the RPC's message (bytes that
+/// are not Protobuf, a string field that is not UTF-8, no message at all)
+/// is the caller's mistake: tonic answers INTERNAL, which tells a client
+/// the server failed and invites retrying the same bytes. It is answered
+/// INVALID_ARGUMENT saying what was wrong instead.
+fn undecodable_is_invalid_argument(
+    rpc: &str,
+    resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    // Only a trailers-only answer carries its status in the headers; a
+    // served call's status comes later, in the trailers.
+    if !resp.headers().contains_key("grpc-status") {
+        return resp;
+    }
+    match tonic::Status::from_header_map(resp.headers()) {
+        Some(s)
+            if s.code() == tonic::Code::Internal
+                && (s.message().starts_with("failed to decode Protobuf message")
+                    || s.message() == "Missing request message.") =>
+        {
+            tonic::Status::invalid_argument(format!(
+                "the request is not a valid {rpc} message ({}): send the message the service's proto defines, with every string field UTF-8",
+                s.message()
+            ))
+            .into_http()
+        }
+        _ => resp,
     }
 }
 
@@ -344,6 +377,63 @@ mod tests {
             .await
             .unwrap();
         assert!(tonic::Status::from_header_map(resp.headers()).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_request_is_invalid_argument_not_internal() {
+        use tower::{Layer, Service, ServiceExt};
+        let layer = AuthLayer::new(
+            "intake",
+            &AuthSettings::default(),
+            "127.0.0.1:0".parse().unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+        // What tonic's Protobuf codec answers for a string field that is
+        // not UTF-8: INTERNAL with prost's error (the real path, through a
+        // server, is intake's test `undecodable_requests_are_invalid_argument`).
+        let bad: &[u8] = &[0x0a, 0x02, 0xff, 0xfe];
+        let decode = tonic::Status::internal(
+            <casework_proto::intake::v1::OpenCaseRequest as prost::Message>::decode(bad)
+                .unwrap_err()
+                .to_string(),
+        );
+        let inner = tower::service_fn(move |req: http::Request<()>| {
+            let answer = if req.uri().path().ends_with("/OpenCase") {
+                decode.clone().into_http()
+            } else {
+                tonic::Status::internal("the store failed").into_http()
+            };
+            async move { Ok::<_, std::convert::Infallible>(answer) }
+        });
+        let mut svc = layer.layer(inner);
+        let call = |path: &str| {
+            http::Request::builder()
+                .uri(format!("/casework.intake.v1.Intake/{path}"))
+                .body(())
+                .unwrap()
+        };
+        let resp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("OpenCase"))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("UTF-8"), "{status:?}");
+        // A server's own failure stays INTERNAL.
+        let resp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(call("GetCase"))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Internal);
     }
 
     #[test]
