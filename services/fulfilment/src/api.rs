@@ -12,6 +12,7 @@ use std::time::Duration;
 use casework_auth::{Caller, TenantScope};
 use casework_domain::chain::timestamp;
 use casework_domain::pb;
+use casework_domain::text::TextKind;
 use casework_proto::fulfilment::v1 as api;
 use casework_runtime::Shutdown;
 use casework_runtime::reconcile::Parked;
@@ -48,33 +49,60 @@ fn token(text: &str) -> Result<TaskToken> {
     TaskToken::parse(text).map_err(Error::InvalidArgument)
 }
 
+/// Longest worker id, queue, task kind and person field.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest failure text of FailTask.
+pub const MAX_ERROR_LEN: usize = 2000;
+/// Most output entries, longest output key and value (and note).
+pub const MAX_OUTPUT_ENTRIES: usize = 100;
+/// Longest output key.
+pub const MAX_OUTPUT_KEY_LEN: usize = 128;
+/// Longest output value or note.
+pub const MAX_OUTPUT_VALUE_LEN: usize = 8192;
+/// Largest `limit` of ListManualTasks.
+pub const MAX_MANUAL_LIMIT: u32 = 1000;
+
+/// `value` of `field` against the shared text rule
+/// ([`casework_domain::text`]).
+fn text(field: &str, value: &str, kind: TextKind, max: usize) -> Result<()> {
+    casework_domain::text::check(value, kind, max)
+        .map_err(|why| Error::InvalidArgument(format!("{field} {why}")))
+}
+
 fn required(value: &str, field: &str, example: &str) -> Result<()> {
     if value.trim().is_empty() {
         return Err(Error::InvalidArgument(format!(
             "{field} is required (e.g. {example})"
         )));
     }
-    if value.len() > 256 {
-        return Err(Error::InvalidArgument(format!(
-            "{field} is longer than 256 characters"
-        )));
-    }
-    Ok(())
+    text(field, value, TextKind::Line, MAX_NAME_LEN)
 }
 
 fn check_output(output: &BTreeMap<String, String>) -> Result<()> {
-    if output.len() > 100 {
-        return Err(Error::InvalidArgument(
-            "output has more than 100 entries".to_owned(),
-        ));
-    }
-    if let Some((k, _)) = output
-        .iter()
-        .find(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 8192)
-    {
+    if output.len() > MAX_OUTPUT_ENTRIES {
         return Err(Error::InvalidArgument(format!(
-            "output key {k:?} must be 1..128 characters with a value of at most 8192"
+            "output has {} entries; give at most {MAX_OUTPUT_ENTRIES}",
+            output.len()
         )));
+    }
+    for (k, v) in output {
+        if k.is_empty() {
+            return Err(Error::InvalidArgument(
+                "output has an empty key; name every result".to_owned(),
+            ));
+        }
+        text(
+            &format!("output key {k:?}"),
+            k,
+            TextKind::Line,
+            MAX_OUTPUT_KEY_LEN,
+        )?;
+        text(
+            &format!("output[{k}]"),
+            v,
+            TextKind::Free,
+            MAX_OUTPUT_VALUE_LEN,
+        )?;
     }
     Ok(())
 }
@@ -163,6 +191,9 @@ impl FulfilmentApi {
                 "task_kinds must list at least one task kind (e.g. [\"payment_refund\"]), none empty"
                     .to_owned(),
             ));
+        }
+        for k in &r.task_kinds {
+            text("task_kinds", k, TextKind::Line, MAX_NAME_LEN)?;
         }
         let settings = self.engine.settings();
         let max = r.max_tasks.clamp(1, settings.max_tasks_per_poll) as usize;
@@ -275,7 +306,13 @@ impl FulfilmentApi {
             casework_domain::Tenant::parse(&r.tenant)
                 .map_err(|e| Error::InvalidArgument(format!("tenant: {e}")))?;
         }
-        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) } as usize;
+        if r.limit > MAX_MANUAL_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "limit {} is more than {MAX_MANUAL_LIMIT}; ask for at most {MAX_MANUAL_LIMIT} tasks (0: 100)",
+                r.limit
+            )));
+        }
+        let limit = if r.limit == 0 { 100 } else { r.limit } as usize;
         let now = Utc::now();
         let mut tasks = Vec::new();
         for (t, e) in
@@ -366,6 +403,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
                         .to_owned(),
                 ));
             }
+            text("error", &r.error, TextKind::Free, MAX_ERROR_LEN)?;
             let done = self
                 .engine
                 .report(
@@ -373,7 +411,7 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
                     t.attempt,
                     Via::External,
                     Report::Failed {
-                        error: r.error.chars().take(2000).collect(),
+                        error: r.error.clone(),
                         retryable: r.retryable,
                         by,
                     },
@@ -442,7 +480,8 @@ impl api::fulfilment_server::Fulfilment for FulfilmentApi {
             check_output(&r.output)?;
             let mut output = r.output.clone();
             if !r.note.is_empty() {
-                output.insert("note".to_owned(), r.note.chars().take(8192).collect());
+                text("note", &r.note, TextKind::Free, MAX_OUTPUT_VALUE_LEN)?;
+                output.insert("note".to_owned(), r.note.clone());
             }
             let done = self
                 .engine

@@ -575,3 +575,190 @@ async fn a_worker_sees_and_reports_only_its_tenants_tasks() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// Every string field of every fulfilment RPC, each set to each input of
+/// the shared bad-text list: refused INVALID_ARGUMENT naming the field,
+/// before anything is leased or written; and the documented limit of
+/// ListManualTasks is enforced.
+#[tokio::test]
+async fn every_text_field_refuses_control_and_bidi_characters() {
+    let w = World::new().await;
+    let (running, shutdown) = w.start("fulfilment-a").await;
+    let mut c = client(&running).await;
+    let before = w.reader.last_stream_seq().await.unwrap();
+    // A well-formed token of a case that does not exist: the text is
+    // checked before the case is looked up.
+    let token = "ft1.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.1.0.1".to_owned();
+    let check = |what: String, field: &str, found: &str, r: Result<(), tonic::Status>| {
+        let e = r.expect_err(&what);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().starts_with(field) && e.message().contains(found),
+            "{what}: {}",
+            e.message()
+        );
+    };
+    for (bad, found) in casework_domain::text::BAD_TEXT {
+        let out = c
+            .poll_tasks(api::PollTasksRequest {
+                worker_id: bad.to_string(),
+                task_kinds: vec!["payment_refund".into()],
+                ..Default::default()
+            })
+            .await
+            .map(drop);
+        check(
+            format!("PollTasks worker_id {bad:?}"),
+            "worker_id",
+            found,
+            out,
+        );
+        let out = c
+            .poll_tasks(api::PollTasksRequest {
+                worker_id: "w-1".into(),
+                task_kinds: vec![bad.to_string()],
+                ..Default::default()
+            })
+            .await
+            .map(drop);
+        check(
+            format!("PollTasks task_kinds {bad:?}"),
+            "task_kinds",
+            found,
+            out,
+        );
+        let out = c
+            .heartbeat(api::HeartbeatRequest {
+                token: token.clone(),
+                worker_id: bad.to_string(),
+            })
+            .await
+            .map(drop);
+        check(
+            format!("Heartbeat worker_id {bad:?}"),
+            "worker_id",
+            found,
+            out,
+        );
+        for (field, output) in [
+            ("output key", [(bad.to_string(), "x".to_owned())]),
+            ("output[k]", [("k".to_owned(), bad.to_string())]),
+        ] {
+            let out = c
+                .complete_task(api::CompleteTaskRequest {
+                    token: token.clone(),
+                    output: output.clone().into(),
+                    worker_id: "w-1".into(),
+                })
+                .await
+                .map(drop);
+            check(format!("CompleteTask {field} {bad:?}"), field, found, out);
+        }
+        let out = c
+            .complete_task(api::CompleteTaskRequest {
+                token: token.clone(),
+                output: Default::default(),
+                worker_id: bad.to_string(),
+            })
+            .await
+            .map(drop);
+        check(
+            format!("CompleteTask worker_id {bad:?}"),
+            "worker_id",
+            found,
+            out,
+        );
+        let out = c
+            .fail_task(api::FailTaskRequest {
+                token: token.clone(),
+                error: format!("timed out {bad}"),
+                retryable: true,
+                worker_id: "w-1".into(),
+            })
+            .await
+            .map(drop);
+        check(format!("FailTask error {bad:?}"), "error", found, out);
+        let out = c
+            .list_manual_tasks(api::ListManualTasksRequest {
+                queue: bad.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map(drop);
+        check(
+            format!("ListManualTasks queue {bad:?}"),
+            "queue",
+            found,
+            out,
+        );
+        for (field, person, note) in [
+            (
+                "person.id",
+                api::Person {
+                    id: bad.to_string(),
+                    display_name: "Dana".into(),
+                },
+                String::new(),
+            ),
+            (
+                "person.display_name",
+                api::Person {
+                    id: "e-1".into(),
+                    display_name: bad.to_string(),
+                },
+                String::new(),
+            ),
+            (
+                "note",
+                api::Person {
+                    id: "e-1".into(),
+                    display_name: "Dana".into(),
+                },
+                bad.to_string(),
+            ),
+        ] {
+            let out = c
+                .complete_manual_step(api::CompleteManualStepRequest {
+                    token: token.clone(),
+                    person: Some(person),
+                    note,
+                    output: Default::default(),
+                })
+                .await
+                .map(drop);
+            check(
+                format!("CompleteManualStep {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
+        }
+    }
+    let e = c
+        .list_manual_tasks(api::ListManualTasksRequest {
+            queue: "returns_desk".into(),
+            limit: 1001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("at most 1000"), "{e:?}");
+    let e = c
+        .fail_task(api::FailTaskRequest {
+            token: token.clone(),
+            error: "x".repeat(2001),
+            retryable: true,
+            worker_id: "w-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("at most 2000"), "{e:?}");
+    assert_eq!(
+        w.reader.last_stream_seq().await.unwrap(),
+        before,
+        "nothing written"
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use casework_catalog::{Catalog, PurchaseStage as CatalogStage};
+use casework_domain::text::TextKind;
 use casework_domain::{CaseId, Tenant, pb};
 use casework_proto::intake::v1 as api;
 
@@ -67,32 +68,20 @@ pub struct CaseRequest<T> {
     pub payload: T,
 }
 
-fn chars(s: &str) -> usize {
-    s.chars().count()
-}
-
+/// Free text (a summary, a comment, a reason): the shared rule
+/// ([`casework_domain::text`]), line breaks allowed.
 fn text(field: &str, value: &str, max: usize) -> Result<()> {
-    if chars(value) > max {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "is {} characters long; shorten it to at most {max}",
-                chars(value)
-            ),
-        ));
-    }
-    Ok(())
+    check_text(field, value, TextKind::Free, max)
 }
 
+/// A reference, key or name on one line: the shared rule, no control
+/// character at all.
 fn token_like(field: &str, value: &str, max: usize) -> Result<()> {
-    text(field, value, max)?;
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            field,
-            "contains control characters; use printable text",
-        ));
-    }
-    Ok(())
+    check_text(field, value, TextKind::Line, max)
+}
+
+fn check_text(field: &str, value: &str, kind: TextKind, max: usize) -> Result<()> {
+    casework_domain::text::check(value, kind, max).map_err(|why| Error::invalid(field, why))
 }
 
 /// Validates a tenant field.
@@ -246,7 +235,7 @@ pub fn open_case(req: &api::OpenCaseRequest, catalog: &Catalog) -> Result<OpenCa
             return Err(Error::invalid("attributes", "has an empty key"));
         }
         token_like("attributes (key)", k, MAX_ATTRIBUTE_KEY_LEN)?;
-        text(&format!("attributes[{k}]"), v, MAX_ATTRIBUTE_VALUE_LEN)?;
+        token_like(&format!("attributes[{k}]"), v, MAX_ATTRIBUTE_VALUE_LEN)?;
     }
     let idempotency_key = optional_key("idempotency_key", &req.idempotency_key)?;
     let opened_by = actor("opened_by", req.opened_by.as_ref())?;

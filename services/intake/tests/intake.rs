@@ -305,6 +305,165 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     intake.stop().await;
 }
 
+/// Every string field of every intake RPC, each set to each input of the
+/// shared bad-text list ([`casework_domain::text::BAD_TEXT`]): refused
+/// INVALID_ARGUMENT naming the field, and nothing is written.
+#[tokio::test]
+async fn every_text_field_refuses_control_and_bidi_characters() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let intake = Intake::start(&nats, dir.path(), "intake-a").await;
+    let log = reader(&nats).await;
+    let before = log.last_stream_seq().await.unwrap();
+    let case_id = "01JD8X3V5R6M2Q4T7W9Y0Z1A2B";
+    fn person() -> Option<pb::Actor> {
+        Some(pb::Actor {
+            kind: pb::ActorKind::Person as i32,
+            id: "ada".into(),
+            display_name: "Ada Agent".into(),
+            authenticated_by: String::new(),
+        })
+    }
+    let interaction = || api::RecordInteractionRequest {
+        tenant: "acme".into(),
+        case_id: case_id.into(),
+        channel: pb::Channel::Chat as i32,
+        direction: pb::Direction::Inbound as i32,
+        summary: "asked where the kettle is".into(),
+        actor: person(),
+        request_id: "r-1".into(),
+    };
+    let feedback = || api::SubmitFeedbackRequest {
+        tenant: "acme".into(),
+        case_id: case_id.into(),
+        score: 4,
+        comment: "fine".into(),
+        channel: pb::Channel::Web as i32,
+        request_id: "r-2".into(),
+    };
+    let withdraw = || api::WithdrawCaseRequest {
+        tenant: "acme".into(),
+        case_id: case_id.into(),
+        reason: "bought elsewhere".into(),
+        actor: person(),
+        request_id: "r-3".into(),
+    };
+    type Open = fn(&mut api::OpenCaseRequest, &str);
+    let open_fields: &[(&str, Open)] = &[
+        ("customer_id", |r, v| r.customer_id = format!("c{v}")),
+        ("summary", |r, v| r.summary = v.into()),
+        ("attributes (key)", |r, v| {
+            r.attributes.insert(v.into(), "x".into());
+        }),
+        ("attributes[order]", |r, v| {
+            r.attributes.insert("order".into(), v.into());
+        }),
+        ("idempotency_key", |r, v| r.idempotency_key = v.into()),
+        ("opened_by.id", |r, v| {
+            r.opened_by = person().map(|a| pb::Actor { id: v.into(), ..a })
+        }),
+        ("opened_by.display_name", |r, v| {
+            r.opened_by = person().map(|a| pb::Actor {
+                display_name: v.into(),
+                ..a
+            })
+        }),
+    ];
+    type Interaction = fn(&mut api::RecordInteractionRequest, &str);
+    let interaction_fields: &[(&str, Interaction)] = &[
+        ("summary", |r, v| r.summary = v.into()),
+        ("request_id", |r, v| r.request_id = v.into()),
+        ("actor.id", |r, v| r.actor.as_mut().unwrap().id = v.into()),
+        ("actor.display_name", |r, v| {
+            r.actor.as_mut().unwrap().display_name = v.into()
+        }),
+    ];
+    type Feedback = fn(&mut api::SubmitFeedbackRequest, &str);
+    let feedback_fields: &[(&str, Feedback)] = &[
+        ("comment", |r, v| r.comment = v.into()),
+        ("request_id", |r, v| r.request_id = v.into()),
+    ];
+    type Withdraw = fn(&mut api::WithdrawCaseRequest, &str);
+    let withdraw_fields: &[(&str, Withdraw)] = &[
+        ("reason", |r, v| r.reason = v.into()),
+        ("request_id", |r, v| r.request_id = v.into()),
+        ("actor.id", |r, v| r.actor.as_mut().unwrap().id = v.into()),
+    ];
+    let mut client = intake.client.clone();
+    let check = |what: String, field: &str, found: &str, r: Result<(), tonic::Status>| {
+        let e = r.expect_err(&what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().starts_with(field) && e.message().contains(found),
+            "{what}: {}",
+            e.message()
+        );
+    };
+    for (bad, found) in casework_domain::text::BAD_TEXT {
+        for (field, set) in open_fields {
+            let mut r = open_req("hygiene");
+            set(&mut r, bad);
+            let out = client.open_case(r).await.map(drop);
+            check(format!("OpenCase {field} {bad:?}"), field, found, out);
+        }
+        for (field, set) in interaction_fields {
+            let mut r = interaction();
+            set(&mut r, bad);
+            let out = client.record_interaction(r).await.map(drop);
+            check(
+                format!("RecordInteraction {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
+        }
+        for (field, set) in feedback_fields {
+            let mut r = feedback();
+            set(&mut r, bad);
+            let out = client.submit_feedback(r).await.map(drop);
+            check(format!("SubmitFeedback {field} {bad:?}"), field, found, out);
+        }
+        for (field, set) in withdraw_fields {
+            let mut r = withdraw();
+            set(&mut r, bad);
+            let out = client.withdraw_case(r).await.map(drop);
+            check(format!("WithdrawCase {field} {bad:?}"), field, found, out);
+        }
+        let out = client
+            .list_cases(api::ListCasesRequest {
+                tenant: "acme".into(),
+                customer_id: format!("c{bad}"),
+                ..Default::default()
+            })
+            .await
+            .map(drop);
+        check(
+            format!("ListCases customer_id {bad:?}"),
+            "customer_id",
+            found,
+            out,
+        );
+    }
+    // Free text keeps its line breaks; a person with no id is refused.
+    let mut r = open_req("hygiene-ok");
+    r.summary = "Returned the kettle.\n\tOrder A-100.".into();
+    client.open_case(r).await.expect("line breaks in a summary");
+    let mut r = open_req("hygiene-nobody");
+    r.opened_by = Some(pb::Actor {
+        kind: pb::ActorKind::Person as i32,
+        ..Default::default()
+    });
+    let e = client.open_case(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("empty id"), "{e:?}");
+    assert_eq!(
+        log.last_stream_seq().await.unwrap(),
+        before + 2,
+        "only the good case was written (its two events)"
+    );
+    intake.stop().await;
+}
+
 /// An OpenCaseRequest as a client with broken encoding would send it: its
 /// `tenant` (field 1, a string) carries bytes that are not UTF-8.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -13,6 +13,7 @@ use casework_caselog::{CaseKey, CaseLog};
 use casework_catalog::Catalogs;
 use casework_domain::chain::timestamp;
 use casework_domain::pb::{self, envelope::Payload};
+use casework_domain::text::TextKind;
 use casework_domain::{CaseId, EventId, NewEvent, Tenant};
 use casework_proto::recovery::v1 as api;
 use casework_runtime::reconcile::{
@@ -55,6 +56,18 @@ fn case_key(t: &str, c: &str) -> Result<CaseKey> {
     Ok(CaseKey { tenant, case_id })
 }
 
+/// Longest note, reason or compensation id.
+pub const MAX_TEXT_LEN: usize = 2000;
+/// Longest approver id or name.
+pub const MAX_PERSON_LEN: usize = 128;
+
+/// `value` of `field` against the shared text rule
+/// ([`casework_domain::text`]).
+fn text(field: &'static str, value: &str, kind: TextKind, max: usize) -> Result<()> {
+    casework_domain::text::check(value, kind, max)
+        .map_err(|why| Error::InvalidArgument { field, why })
+}
+
 fn person(a: Option<&api::Approver>) -> Result<pb::Actor> {
     let Some(a) = a else {
         return Err(Error::InvalidArgument {
@@ -75,6 +88,13 @@ fn person(a: Option<&api::Approver>) -> Result<pb::Actor> {
             why: "is empty; pass the person's name as shown in timelines".into(),
         });
     }
+    text("approver.id", &a.id, TextKind::Line, MAX_PERSON_LEN)?;
+    text(
+        "approver.display_name",
+        &a.display_name,
+        TextKind::Line,
+        MAX_PERSON_LEN,
+    )?;
     Ok(pb::Actor {
         kind: pb::ActorKind::Person as i32,
         id: a.id.trim().to_owned(),
@@ -192,6 +212,7 @@ impl RecoveryApi {
             authenticated_by,
             ..person(approver)?
         };
+        text("compensation_id", comp_id, TextKind::Line, MAX_TEXT_LEN)?;
         if let Verdict::Decline { reason } = &verdict
             && reason.trim().is_empty()
         {
@@ -199,6 +220,10 @@ impl RecoveryApi {
                 field: "reason",
                 why: "is empty; say why the compensation is declined, for the record".into(),
             });
+        }
+        match &verdict {
+            Verdict::Approve { note } => text("note", note, TextKind::Free, MAX_TEXT_LEN)?,
+            Verdict::Decline { reason } => text("reason", reason, TextKind::Free, MAX_TEXT_LEN)?,
         }
         let mut refusal: Option<Error> = None;
         let mut repeat: Option<(String, u64)> = None;

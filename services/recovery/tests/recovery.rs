@@ -938,3 +938,78 @@ async fn the_views_follow_the_log_again_after_the_broker_restarts() {
     );
     recovery.stop().await;
 }
+
+/// Every string field of the decision RPCs, each set to each input of the
+/// shared bad-text list: refused INVALID_ARGUMENT naming the field, and
+/// nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_text_field_refuses_control_and_bidi_characters() {
+    let server = NatsServer::start_with(&users());
+    let admin = log_as(&server, Writer::Recovery).await;
+    let mut recovery = Replica::start(&server, "recovery-0").await;
+    let mut grpc = recovery.client().await;
+    let before = admin.last_stream_seq().await.unwrap();
+    let approver = |id: &str, name: &str| {
+        Some(api::Approver {
+            id: id.into(),
+            display_name: name.into(),
+        })
+    };
+    let check = |what: String, field: &str, found: &str, r: Result<(), tonic::Status>| {
+        let e = r.expect_err(&what);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().starts_with(field) && e.message().contains(found),
+            "{what}: {}",
+            e.message()
+        );
+    };
+    for (bad, found) in casework_domain::text::BAD_TEXT {
+        let approve = |a, comp: &str, note: &str| api::ApproveCompensationRequest {
+            tenant: "acme".into(),
+            case_id: "01JD8X3V5R6M2Q4T7W9Y0Z1A2B".into(),
+            compensation_id: comp.into(),
+            approver: a,
+            note: note.into(),
+        };
+        for (field, r) in [
+            ("approver.id", approve(approver(bad, "Dana"), "r1-c2", "")),
+            (
+                "approver.display_name",
+                approve(approver("e-1", bad), "r1-c2", ""),
+            ),
+            ("compensation_id", approve(approver("e-1", "Dana"), bad, "")),
+            ("note", approve(approver("e-1", "Dana"), "r1-c2", bad)),
+        ] {
+            let out = grpc.approve_compensation(r).await.map(drop);
+            check(
+                format!("ApproveCompensation {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
+        }
+        let out = grpc
+            .decline_compensation(api::DeclineCompensationRequest {
+                tenant: "acme".into(),
+                case_id: "01JD8X3V5R6M2Q4T7W9Y0Z1A2B".into(),
+                compensation_id: "r1-c2".into(),
+                approver: approver("e-1", "Dana"),
+                reason: format!("too much {bad}"),
+            })
+            .await
+            .map(drop);
+        check(
+            format!("DeclineCompensation reason {bad:?}"),
+            "reason",
+            found,
+            out,
+        );
+    }
+    assert_eq!(
+        admin.last_stream_seq().await.unwrap(),
+        before,
+        "nothing written"
+    );
+    recovery.stop().await;
+}

@@ -144,7 +144,7 @@ impl Caller {
         use casework_domain::pb;
         let p = &self.principal;
         if p.method == AuthMethod::Unchecked {
-            return Ok(actor);
+            return nobody_is_no_person(actor);
         }
         let authenticated_by = format!("{} sub={}", p.method.describe(), p.subject);
         let person = pb::ActorKind::Person as i32;
@@ -197,11 +197,30 @@ impl Caller {
             authenticated_by: String::new(),
         });
         if self.principal.method == AuthMethod::Unchecked {
-            return Ok(claimed);
+            return nobody_is_no_person(claimed);
         }
         self.vouch(claimed.or(Some(pb::Actor {
             kind: pb::ActorKind::Person as i32,
             ..Default::default()
         })))
+    }
+}
+
+/// With authentication off the request's person is all the record has: a
+/// person with neither id nor name would be recorded as nobody, so it is
+/// refused (with authentication on, the caller fills it in).
+fn nobody_is_no_person(
+    actor: Option<casework_domain::pb::Actor>,
+) -> Result<Option<casework_domain::pb::Actor>, tonic::Status> {
+    match actor {
+        Some(a)
+            if a.kind == casework_domain::pb::ActorKind::Person as i32
+                && a.id.trim().is_empty() =>
+        {
+            Err(tonic::Status::invalid_argument(
+                "the person acting has an empty id: name them (their stable id and display name), or turn authentication on to record the caller",
+            ))
+        }
+        other => Ok(other),
     }
 }

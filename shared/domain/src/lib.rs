@@ -10,12 +10,14 @@
 //! Layout: `token` (tenants, case and event ids), `event` (event types,
 //! writers, subjects, typed payloads), `chain` (sealing and the hash chain),
 //! `verify` (finding the first broken link), `state` (the case state and
-//! `evolve`), `money` (amounts as people read them).
+//! `evolve`), `money` (amounts as people read them), `text` (the one rule for text
+//! a caller sends).
 
 pub mod chain;
 pub mod event;
 pub mod money;
 pub mod state;
+pub mod text;
 pub mod token;
 pub mod verify;
 
