@@ -109,6 +109,40 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict { .. })
     }
+
+    /// What a broker refusal says about the broker, when it says something
+    /// waiting (or an operator) can fix rather than a fault in the request.
+    pub fn broker_trouble(&self) -> Option<BrokerTrouble> {
+        match self {
+            Error::Rejected { code, .. } => match code {
+                // Account limits, insufficient resources, memory or storage
+                // exhausted, a store that failed (a full disk, a stream at
+                // its limits).
+                10002 | 10023 | 10028 | 10047 | 10077 => Some(BrokerTrouble::OutOfResources),
+                // The cluster has no leader or quorum yet, JetStream is not
+                // enabled (a broker disables it when its storage fails),
+                // a stream or consumer offline.
+                10004 | 10006 | 10007 | 10008 | 10009 | 10039 | 10076 | 10118 | 10119 => {
+                    Some(BrokerTrouble::NotAvailable)
+                }
+                _ => None,
+            },
+            Error::Unavailable(_) | Error::Nats(_) => Some(BrokerTrouble::NotAvailable),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of broker trouble ([`Error::broker_trouble`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerTrouble {
+    /// The broker cannot store more: its storage (or memory, or the
+    /// account's or stream's limits) is exhausted. An operator frees space
+    /// or raises limits; retrying at once does not help.
+    OutOfResources,
+    /// The broker (or JetStream, or the stream's leader) is not available
+    /// now; it may be back in a moment.
+    NotAvailable,
 }
 
 /// Result alias with the log's error.

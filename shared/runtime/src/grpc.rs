@@ -168,29 +168,36 @@ impl Serving {
 }
 
 /// The one mapping from the log's errors to gRPC statuses, shared by every
-/// service's API: someone else writing first, or the broker out of reach
-/// or out of resources, is `UNAVAILABLE` (retry with the same idempotency
-/// key or request id: nothing is duplicated); bad input is
-/// `INVALID_ARGUMENT`; stored data that cannot be read is `DATA_LOSS`; the
-/// rest is `INTERNAL`.
+/// service's API: someone else writing first, or the broker out of reach,
+/// is `UNAVAILABLE` (retry with the same idempotency key or request id:
+/// nothing is duplicated); a broker that cannot store more (its storage
+/// full, a stream at its limits) is `RESOURCE_EXHAUSTED`, saying so; bad
+/// input is `INVALID_ARGUMENT`; stored data that cannot be read is
+/// `DATA_LOSS`; the rest is `INTERNAL`. Every broker refusal is logged and
+/// counted (`casework_broker_refused_total{code}`) so an operator hears of
+/// it before the callers do.
 pub fn log_status(e: &casework_caselog::Error) -> tonic::Status {
-    use casework_caselog::Error as L;
+    use casework_caselog::{BrokerTrouble, Error as L};
     use tonic::Status;
-    match e {
-        L::Invalid(_) | L::Misuse(_) => Status::invalid_argument(e.to_string()),
-        L::Conflict { .. } | L::Unavailable(_) | L::Nats(_) => Status::unavailable(format!(
+    if let L::Rejected { code, description } = e {
+        metrics::counter!("casework_broker_refused_total", "code" => code.to_string()).increment(1);
+        tracing::error!(code, description, trouble = ?e.broker_trouble(), "the broker refused a request");
+    }
+    match (e, e.broker_trouble()) {
+        (L::Rejected { .. }, Some(BrokerTrouble::OutOfResources)) => {
+            Status::resource_exhausted(format!(
+                "{e}: the broker cannot store more (its storage is full or the stream is at its limits); an operator must free space or raise the limits (nats-server may need a restart after its disk filled). Retry later with the same idempotency key or request id: nothing is duplicated"
+            ))
+        }
+        (L::Rejected { .. }, Some(BrokerTrouble::NotAvailable)) => Status::unavailable(format!(
+            "{e}: JetStream is not available now (a cluster without a leader, or JetStream disabled — a broker disables it when its storage fails, and then needs space freed and a restart); retry later with the same idempotency key or request id"
+        )),
+        (L::Invalid(_) | L::Misuse(_), _) => Status::invalid_argument(e.to_string()),
+        (L::Conflict { .. } | L::Unavailable(_) | L::Nats(_), _) => Status::unavailable(format!(
             "{e}; retry with the same idempotency key or request id"
         )),
-        // 10047: insufficient resources (the broker's storage is full);
-        // 10077/10078: the stream is at its limits.
-        L::Rejected {
-            code: 10047 | 10077 | 10078,
-            ..
-        } => Status::unavailable(format!(
-            "{e}: the broker cannot store more now; retry later with the same idempotency key or request id"
-        )),
-        L::Undecodable { .. } => Status::data_loss(e.to_string()),
-        L::Forbidden { .. } => Status::permission_denied(e.to_string()),
+        (L::Undecodable { .. }, _) => Status::data_loss(e.to_string()),
+        (L::Forbidden { .. }, _) => Status::permission_denied(e.to_string()),
         _ => {
             tracing::error!(error = %e, "log error");
             Status::internal(e.to_string())

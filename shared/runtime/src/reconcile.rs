@@ -651,7 +651,7 @@ where
             Ok(t) => return Ok(Some(t)),
             Err(
                 e @ (LogError::Rejected { .. } | LogError::Misuse(_) | LogError::Forbidden { .. }),
-            ) => {
+            ) if e.broker_trouble().is_none() => {
                 return Err(e.into());
             }
             Err(e) => {

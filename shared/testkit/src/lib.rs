@@ -34,6 +34,8 @@ pub struct NatsServer {
     dir: TempDir,
     extra_config: String,
     sync_always: bool,
+    /// `jetstream { max_file_store }`, when the test limits the storage.
+    max_file_store: Option<u64>,
     starts: usize,
 }
 
@@ -150,22 +152,37 @@ impl NatsServer {
         Self::start_node(extra_config, sync_always)
     }
 
+    /// Starts a server whose JetStream may store at most `max_file_store`
+    /// bytes on disk: a broker whose storage fills up, without filling a
+    /// real disk.
+    pub fn start_with_store_limit(extra_config: &str, max_file_store: u64) -> Self {
+        let mut s = Self::start_node_unspawned(extra_config, true);
+        s.max_file_store = Some(max_file_store);
+        s.spawn();
+        s
+    }
+
     fn start_node(extra_config: &str, sync_always: bool) -> Self {
+        let mut server = Self::start_node_unspawned(extra_config, sync_always);
+        server.spawn();
+        server
+    }
+
+    fn start_node_unspawned(extra_config: &str, sync_always: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("casework-nats-")
             .tempdir()
             .expect("cannot create a temporary directory for nats-server");
-        let mut server = NatsServer {
+        NatsServer {
             child: None,
             port: free_port(),
             monitor_port: free_port(),
             dir,
             extra_config: extra_config.to_owned(),
             sync_always,
+            max_file_store: None,
             starts: 0,
-        };
-        server.spawn();
-        server
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -253,6 +270,13 @@ impl NatsServer {
         self.starts += 1;
         let conf = self.dir.path().join("nats-server.conf");
         let store = self.store_dir();
+        let mut jetstream_settings = String::new();
+        if self.sync_always {
+            jetstream_settings.push_str("  sync_interval: always\n");
+        }
+        if let Some(b) = self.max_file_store {
+            jetstream_settings.push_str(&format!("  max_file_store: {b}\n"));
+        }
         let config = format!(
             "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nserver_name: casework_test_{port}\n\
              jetstream {{\n  store_dir: {store:?}\n{sync}}}\n{extra}\n",
@@ -260,11 +284,7 @@ impl NatsServer {
             monitor = self.monitor_port,
             store = store.display().to_string(),
             extra = self.extra_config,
-            sync = if self.sync_always {
-                "  sync_interval: always\n"
-            } else {
-                ""
-            },
+            sync = jetstream_settings,
         );
         fs::write(&conf, config).expect("cannot write nats-server.conf");
         let log = fs::File::create(self.log_path()).expect("cannot create the nats-server log");
