@@ -1138,3 +1138,42 @@ async fn another_writers_event_type_under_intakes_subject_is_refused_by_every_re
     assert_ne!(c.status, api::CaseStatus::Kept as i32);
     intake.stop().await;
 }
+
+/// Started with another service's NATS credentials, intake does not wait
+/// forever for a broker that will never answer (it answers a request its
+/// user may not make with a permissions violation, not a reply): it stops,
+/// naming the violation and the credentials.
+#[tokio::test]
+async fn another_services_credentials_are_named_as_the_fault() {
+    use casework_caselog::permissions::{Principal, nats_authorization};
+    let users = nats_authorization(&[
+        (Principal::Admin, "admin", "pw"),
+        (
+            Principal::writer(Writer::Intake, ["intake-a"]),
+            "intake",
+            "pw",
+        ),
+        (
+            Principal::writer(Writer::Fulfilment, ["fulfilment-a"]),
+            "fulfilment",
+            "pw",
+        ),
+    ]);
+    let nats = NatsServer::start_with(&users);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&nats, dir.path(), "intake-a");
+    o.nats.user = Some("fulfilment".into());
+    o.nats.password = Some("pw".into());
+    let shutdown = Shutdown::new();
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        let running = start(o, shutdown.clone()).await?;
+        running.wait().await
+    })
+    .await
+    .expect("intake stops by itself instead of waiting forever");
+    let e = format!("{:#}", ended.expect_err("intake cannot run as fulfilment"));
+    assert!(
+        e.to_lowercase().contains("permissions violation") && e.contains("credentials"),
+        "{e}"
+    );
+}

@@ -136,10 +136,13 @@ impl Default for ConsumerOptions {
 
 /// Connects to NATS with `opts`.
 pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
-    let mut c = async_nats::ConnectOptions::new()
-        .name(&opts.name)
-        .request_timeout(Some(opts.request_timeout))
-        .custom_inbox_prefix(opts.effective_inbox_prefix());
+    let mut c = watch_permissions(
+        async_nats::ConnectOptions::new()
+            .name(&opts.name)
+            .request_timeout(Some(opts.request_timeout))
+            .custom_inbox_prefix(opts.effective_inbox_prefix()),
+        opts.user.clone(),
+    );
     if let Some(path) = &opts.creds_file {
         c = c
             .credentials_file(path)
@@ -151,6 +154,48 @@ pub async fn connect(opts: &NatsOptions) -> Result<async_nats::Client> {
     c.connect(server_addrs(&opts.url)?.as_slice())
         .await
         .map_err(|e| Error::Nats(format!("connecting to {}: {e}", opts.url)))
+}
+
+/// The last permissions violation the broker reported to this process, and
+/// when. Process-wide: a service process holds one NATS identity.
+static LAST_VIOLATION: std::sync::Mutex<Option<(std::time::Instant, String)>> =
+    std::sync::Mutex::new(None);
+
+/// Has `options` report the broker's permissions violations: the broker
+/// answers a request its user may not make with an error event, not a reply,
+/// so the request itself only times out. Each violation is logged at error
+/// naming the user, and remembered for [`permission_violation_since`], so a
+/// service started with the wrong credentials says so instead of waiting
+/// for a broker that will never answer.
+pub fn watch_permissions(
+    options: async_nats::ConnectOptions,
+    user: Option<String>,
+) -> async_nats::ConnectOptions {
+    options.event_callback(move |event| {
+        let user = user.clone();
+        async move {
+            if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) = event
+                && e.to_lowercase().contains("permissions violation")
+            {
+                tracing::error!(
+                    user = user.as_deref().unwrap_or("(none)"),
+                    violation = %e,
+                    "the broker refused a request of this NATS user: its credentials are not this service's, or its permissions are out of date"
+                );
+                *LAST_VIOLATION.lock().expect("violation") = Some((std::time::Instant::now(), e));
+            }
+        }
+    })
+}
+
+/// The latest permissions violation reported since `since`, if any.
+pub fn permission_violation_since(since: std::time::Instant) -> Option<String> {
+    LAST_VIOLATION
+        .lock()
+        .expect("violation")
+        .as_ref()
+        .filter(|(at, _)| *at >= since)
+        .map(|(_, e)| e.clone())
 }
 
 /// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`):
@@ -353,6 +398,12 @@ async fn lookup_or_create(
                 }
             },
         };
+        if let Some(v) = permission_violation_since(started) {
+            return Err(Error::Denied {
+                what: format!("stream {}", want.name),
+                violation: v,
+            });
+        }
         if started.elapsed() + pause > STREAM_SETUP_PATIENCE {
             return Err(Error::Nats(format!(
                 "{transient}; JetStream did not answer within {}s (is JetStream enabled on \

@@ -60,6 +60,17 @@ pub enum Error {
         /// The refused event type.
         event_type: String,
     },
+    /// The broker reported a permissions violation for this client's
+    /// requests (it answers those with an error event, not a reply).
+    #[error(
+        "the broker denies {what} to this NATS user ({violation}): its credentials are not this service's (check nats.user with nats.password, or nats.creds_file), or the broker's permissions predate this version"
+    )]
+    Denied {
+        /// What was asked.
+        what: String,
+        /// The broker's words.
+        violation: String,
+    },
     /// The server lacks something Casework relies on.
     #[error(
         "nats-server {server_version} cannot be used: {missing}. Casework needs nats-server 2.12 or newer with JetStream enabled"

@@ -48,12 +48,15 @@ async fn connect_only(settings: &NatsSettings, name: &str) -> anyhow::Result<asy
     };
     let client = if let Some(ca) = &settings.tls_ca_file {
         // TLS: the server must present a certificate signed by this CA.
-        let mut c = async_nats::ConnectOptions::new()
-            .name(name)
-            .request_timeout(Some(Duration::from_millis(settings.request_timeout_ms)))
-            .add_root_certificates(ca.clone())
-            .custom_inbox_prefix(opts.effective_inbox_prefix())
-            .require_tls(true);
+        let mut c = jetstream::watch_permissions(
+            async_nats::ConnectOptions::new()
+                .name(name)
+                .request_timeout(Some(Duration::from_millis(settings.request_timeout_ms)))
+                .add_root_certificates(ca.clone())
+                .custom_inbox_prefix(opts.effective_inbox_prefix())
+                .require_tls(true),
+            settings.user.clone(),
+        );
         if let (Some(u), Some(p)) = (&settings.user, &settings.password) {
             c = c.user_and_password(u.clone(), p.clone());
         }

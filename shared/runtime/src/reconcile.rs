@@ -646,6 +646,7 @@ where
     Fut: std::future::Future<Output = Result<T, LogError>>,
 {
     let mut pause = Duration::from_millis(200);
+    let started = std::time::Instant::now();
     loop {
         match open().await {
             Ok(t) => return Ok(Some(t)),
@@ -655,6 +656,17 @@ where
                 return Err(e.into());
             }
             Err(e) => {
+                // A request the user may not make is not answered: waiting
+                // cannot fix the credentials.
+                if let Some(violation) =
+                    casework_caselog::jetstream::permission_violation_since(started)
+                {
+                    return Err(LogError::Denied {
+                        what: format!("{service}'s consumer {durable}"),
+                        violation,
+                    }
+                    .into());
+                }
                 tracing::warn!(service, consumer = durable, error = %e, ?pause, "consumer not ready; asking again");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(None),
