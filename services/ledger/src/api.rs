@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use casework_auth::Caller;
 use casework_caselog::{CaseKey, CaseLog};
@@ -35,6 +36,83 @@ pub struct LedgerApi {
     pub(crate) checkpoint: watch::Receiver<u64>,
     pub(crate) max_page_size: u32,
     pub(crate) subscribe_batch: usize,
+    pub(crate) subscriptions: Subscriptions,
+}
+
+/// The open subscriptions per caller, and the limits every subscription
+/// keeps: a per-caller count, a send buffer, and how long a client may
+/// take nothing while events wait.
+#[derive(Debug, Clone)]
+pub struct Subscriptions {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    per_caller: usize,
+    buffer: usize,
+    stall: Duration,
+}
+
+/// One open subscription of a caller; closing it (drop) frees its place.
+#[derive(Debug)]
+struct Slot {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("subscriptions");
+        if let Some(n) = open.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+        metrics::gauge!("casework_subscriptions_open").decrement(1.0);
+    }
+}
+
+impl Subscriptions {
+    /// At most `per_caller` open per caller, each holding at most `buffer`
+    /// events for its client and ended after `stall` without progress.
+    pub fn new(per_caller: usize, buffer: usize, stall: Duration) -> Self {
+        Self {
+            open: Arc::default(),
+            per_caller,
+            buffer,
+            stall,
+        }
+    }
+
+    /// A place for one more subscription of `caller`, or why not.
+    fn take(&self, caller: &str) -> std::result::Result<Slot, Status> {
+        let mut open = self.open.lock().expect("subscriptions");
+        let n = open.entry(caller.to_owned()).or_default();
+        if *n >= self.per_caller {
+            return Err(Status::resource_exhausted(format!(
+                "{caller} already has {} subscriptions open, the most one caller may hold (service.max_subscriptions_per_caller); close one (or resume it later from its last position) before opening another",
+                *n
+            )));
+        }
+        *n += 1;
+        metrics::gauge!("casework_subscriptions_open").increment(1.0);
+        Ok(Slot {
+            open: self.open.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+/// A subscription's stream as the client sees it: the events sent, then,
+/// if the ledger ended it (a stuck client), the status saying why — after
+/// every event already buffered, so the position it names is the last one
+/// the client received.
+fn subscription_stream(
+    rx: mpsc::Receiver<Result<api::SubscribeResponse, Status>>,
+    ending: Arc<std::sync::Mutex<Option<Status>>>,
+) -> ServerStream<api::SubscribeResponse> {
+    use futures::StreamExt;
+    let tail = futures::stream::once(async move { ending.lock().expect("ending").take() })
+        .filter_map(|s| async move { s.map(Err) });
+    Box::pin(ReceiverStream::new(rx).chain(tail))
 }
 
 fn case_key(tenant: &str, case_id: &str) -> Result<CaseKey> {
@@ -494,16 +572,23 @@ impl Ledger for LedgerApi {
         let filter = subscription_filter(&req).map_err(to_status)?;
         for_tenant_or_all(&caller, filter.tenant.as_deref())?;
         let next = self.start_of(&req).await.map_err(to_status)?;
-        let (tx, rx) = mpsc::channel(self.subscribe_batch.max(1));
-        tokio::spawn(serve_subscription(
-            self.archive.clone(),
-            self.checkpoint.clone(),
-            filter,
-            next,
-            self.subscribe_batch,
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let slot = self.subscriptions.take(&caller.principal.subject)?;
+        let (tx, rx) = mpsc::channel(self.subscriptions.buffer.max(1));
+        let ending = Arc::new(std::sync::Mutex::new(None));
+        let stream = subscription_stream(rx, ending.clone());
+        let archive = self.archive.clone();
+        let checkpoint = self.checkpoint.clone();
+        let (batch, stall) = (self.subscribe_batch, self.subscriptions.stall);
+        tokio::spawn(async move {
+            let outcome =
+                serve_subscription(archive, checkpoint, filter, next, batch, stall, &tx).await;
+            if let Some(status) = outcome {
+                *ending.lock().expect("ending") = Some(status);
+            }
+            // The client's place is free once its stream is over.
+            drop(slot);
+        });
+        Ok(Response::new(stream))
     }
 }
 
@@ -543,15 +628,19 @@ impl LedgerApi {
 /// Serves one subscription from the archive: everything matching from
 /// `next` up to the checkpoint, then waits for the checkpoint to move on.
 /// Positions are stream sequences, so resuming after the last delivered
-/// position repeats nothing and skips nothing.
+/// position repeats nothing and skips nothing. Returns the status to end
+/// the stream with when the ledger ends it: a client that took nothing for
+/// `stall` while events waited (its buffered events go first).
 async fn serve_subscription(
     archive: Archive,
     mut checkpoint: watch::Receiver<u64>,
     filter: Filter,
     mut next: u64,
     batch: usize,
-    tx: mpsc::Sender<Result<api::SubscribeResponse, Status>>,
-) {
+    stall: Duration,
+    tx: &mpsc::Sender<Result<api::SubscribeResponse, Status>>,
+) -> Option<Status> {
+    let mut delivered: Option<u64> = None;
     loop {
         let upto = *checkpoint.borrow_and_update();
         while next <= upto {
@@ -562,7 +651,7 @@ async fn serve_subscription(
                 Ok(v) => v,
                 Err(e) => {
                     let _ = tx.send(Err(to_status(e))).await;
-                    return;
+                    return None;
                 }
             };
             for row in &rows {
@@ -570,15 +659,30 @@ async fn serve_subscription(
                     event: Some(convert::archived(row)),
                     position: position::position(row.stream_seq),
                 };
-                if tx.send(Ok(item)).await.is_err() {
-                    return;
+                match tokio::time::timeout(stall, tx.send(Ok(item))).await {
+                    Ok(Ok(())) => delivered = Some(row.stream_seq),
+                    // The client is gone.
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        metrics::counter!("casework_subscriptions_stalled_total").increment(1);
+                        tracing::warn!(
+                            stall_seconds = stall.as_secs(),
+                            "a subscriber took nothing for too long; its subscription is ended"
+                        );
+                        return Some(Status::resource_exhausted(format!(
+                            "this subscription took no event for {} s while {} waited (service.subscribe_stall_seconds): read faster, or subscribe again with after_position = {:?} to resume exactly after the last event received",
+                            stall.as_secs(),
+                            tx.max_capacity(),
+                            delivered.map(position::position).unwrap_or_default()
+                        )));
+                    }
                 }
             }
             next = after;
         }
         tokio::select! {
-            changed = checkpoint.changed() => if changed.is_err() { return },
-            _ = tx.closed() => return,
+            changed = checkpoint.changed() => if changed.is_err() { return None },
+            _ = tx.closed() => return None,
         }
     }
 }

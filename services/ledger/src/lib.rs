@@ -59,9 +59,18 @@ pub struct LedgerSettings {
     pub batch_size: usize,
     /// Largest GetHistory page.
     pub max_page_size: u32,
-    /// Events read from the archive per step of a subscription (and the
-    /// subscription's send buffer).
+    /// Events read from the archive per step of a subscription.
     pub subscribe_batch: usize,
+    /// Events a subscription holds for a client that has not taken them
+    /// yet (with the HTTP/2 window, what a stuck client costs the ledger).
+    pub subscribe_buffer: usize,
+    /// A subscription whose client takes nothing for this long while
+    /// events wait is ended RESOURCE_EXHAUSTED, with the position to resume
+    /// after: a stuck client does not hold the ledger's memory forever.
+    pub subscribe_stall_seconds: u64,
+    /// Most subscriptions open at once per caller (token subject or mapped
+    /// certificate); one more is refused RESOURCE_EXHAUSTED.
+    pub max_subscriptions_per_caller: usize,
 }
 
 impl Default for LedgerSettings {
@@ -70,6 +79,9 @@ impl Default for LedgerSettings {
             batch_size: 1024,
             max_page_size: 1000,
             subscribe_batch: 512,
+            subscribe_buffer: 64,
+            subscribe_stall_seconds: 30,
+            max_subscriptions_per_caller: 16,
         }
     }
 }
@@ -93,6 +105,24 @@ impl Validate for LedgerSettings {
             p.push(format!(
                 "subscribe_batch: {} must be between 1 and 65536",
                 self.subscribe_batch
+            ));
+        }
+        if self.subscribe_buffer == 0 || self.subscribe_buffer > 65_536 {
+            p.push(format!(
+                "subscribe_buffer: {} must be between 1 and 65536",
+                self.subscribe_buffer
+            ));
+        }
+        if !(1..=3600).contains(&self.subscribe_stall_seconds) {
+            p.push(format!(
+                "subscribe_stall_seconds: {} must be between 1 and 3600",
+                self.subscribe_stall_seconds
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_subscriptions_per_caller) {
+            p.push(format!(
+                "max_subscriptions_per_caller: {} must be between 1 and 10000",
+                self.max_subscriptions_per_caller
             ));
         }
         p
@@ -140,6 +170,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         checkpoint: checkpoint_rx,
         max_page_size: options.service.max_page_size,
         subscribe_batch: options.service.subscribe_batch,
+        subscriptions: api::Subscriptions::new(
+            options.service.max_subscriptions_per_caller,
+            options.service.subscribe_buffer,
+            Duration::from_secs(options.service.subscribe_stall_seconds),
+        ),
     };
     let server = GrpcServer::new()
         .tls(&options.tls)?

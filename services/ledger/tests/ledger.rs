@@ -12,6 +12,7 @@ use casework_domain::chain::{self, timestamp};
 use casework_domain::{CaseState, ChainTip, evolve};
 use casework_ledger::{bundle, convert};
 use casework_proto::ledger::v1 as api;
+use casework_testkit::eventually;
 use common::*;
 use futures::StreamExt;
 use tonic::Code;
@@ -808,5 +809,133 @@ async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant()
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    ledger.stop().await;
+}
+
+/// A subscriber that takes nothing is ended RESOURCE_EXHAUSTED once its
+/// buffer has waited `subscribe_stall_seconds`, after every event it was
+/// sent, with the position to resume after; resuming there repeats and
+/// skips nothing. A caller holds at most `max_subscriptions_per_caller`
+/// subscriptions, and an ended one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_is_ended_saying_where_to_resume_and_subscriptions_are_limited() {
+    let (nats, log) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&nats.url(), dir.path());
+    o.service.subscribe_buffer = 4;
+    o.service.subscribe_stall_seconds = 1;
+    o.service.max_subscriptions_per_caller = 2;
+    let ledger = Ledger::start(o).await;
+    // Enough events to fill the buffer, the HTTP/2 window and the
+    // server's send buffer many times over.
+    let mut last = None;
+    for _ in 0..150 {
+        last = Some(sample(log.as_ref(), "acme", false).await);
+    }
+    let last = last.unwrap();
+    let total_last = log.read(&last, 0).await.unwrap().len() as u64;
+    ledger.wait_for(&last, total_last).await;
+    let total = log.last_stream_seq().await.unwrap();
+    let from_beginning = api::SubscribeRequest {
+        start: api::Start::Beginning as i32,
+        ..Default::default()
+    };
+    // A client that reads nothing, with HTTP/2's default 64 KiB windows
+    // (hyper's client would otherwise take 2 MiB before it stops).
+    let small_windows =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", ledger.running.grpc))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .unwrap();
+    let mut stuck = casework_proto::ledger::v1::ledger_client::LedgerClient::new(small_windows)
+        .subscribe(from_beginning.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let _idle = ledger
+        .client
+        .clone()
+        .subscribe(api::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let e = ledger
+        .client
+        .clone()
+        .subscribe(api::SubscribeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("max_subscriptions_per_caller"),
+        "{e:?}"
+    );
+    // The stuck one is ended by the ledger: its place comes free.
+    eventually(WAIT, "the stuck subscription's place to come free", || {
+        let mut c = ledger.client.clone();
+        async move {
+            c.subscribe(api::SubscribeRequest::default())
+                .await
+                .ok()
+                .map(drop)
+        }
+    })
+    .await;
+    // Its client gets every event it was sent, then why it ended.
+    let mut received = Vec::new();
+    let ended = loop {
+        match tokio::time::timeout(WAIT, stuck.next())
+            .await
+            .expect("the stream goes on or ends")
+        {
+            Some(Ok(item)) => received.push(item),
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended OK after {} events", received.len()),
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    let resume_at = received
+        .last()
+        .expect("some events were sent")
+        .position
+        .clone();
+    assert!(
+        ended
+            .message()
+            .contains(&format!("after_position = {resume_at:?}")),
+        "{ended:?}"
+    );
+    eprintln!(
+        "{} of {total} events were sent before the stall",
+        received.len()
+    );
+    assert!(
+        (received.len() as u64) < total,
+        "it stopped short of the end"
+    );
+    // Resuming after that position gives exactly the rest.
+    let mut resumed = eventually(WAIT, "a place to resume in", || {
+        let mut c = ledger.client.clone();
+        let req = api::SubscribeRequest {
+            after_position: resume_at.clone(),
+            ..Default::default()
+        };
+        async move { c.subscribe(req).await.ok().map(|r| r.into_inner()) }
+    })
+    .await;
+    let rest = collect(&mut resumed, (total as usize) - received.len()).await;
+    let seqs: Vec<u64> = received
+        .iter()
+        .chain(&rest)
+        .map(|r| r.event.as_ref().unwrap().stream_seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "nothing repeated, nothing skipped"
+    );
     ledger.stop().await;
 }
