@@ -15,6 +15,7 @@ use casework_domain::pb::envelope::Payload;
 use casework_domain::{CaseId, pb};
 use casework_proto::intake::v1 as api;
 use casework_runtime::held::{CaseCache, Held};
+use casework_runtime::limits::{LimitSettings, TenantRate};
 use casework_runtime::reconcile::{
     Decision, Rounds, append_in_order, decide_and_append, lock_case,
 };
@@ -39,6 +40,8 @@ struct Inner {
     catalogs: Catalogs,
     read_model: ReadModel,
     read_your_writes: Duration,
+    limits: LimitSettings,
+    rate: TenantRate,
 }
 
 impl IntakeApi {
@@ -50,6 +53,7 @@ impl IntakeApi {
         catalogs: Catalogs,
         read_model: ReadModel,
         read_your_writes: Duration,
+        limits: LimitSettings,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -58,6 +62,8 @@ impl IntakeApi {
                 catalogs,
                 read_model,
                 read_your_writes,
+                rate: TenantRate::new(&limits),
+                limits,
             }),
         }
     }
@@ -203,20 +209,34 @@ impl IntakeApi {
         let fresh = ulid::Ulid::new().to_string();
         let mut outcome: Option<Result<RequestOutcome>> = None;
         let _lock = lock_case(crate::SERVICE, &case).await;
-        let decided = decide_and_append(&*i.log, &i.cache, &case, &[], Rounds::Once, |view, _| {
-            let decided = decide::decide_request(view, &req, to_payload, &fresh, Utc::now());
-            let events = match &decided {
-                Ok(RequestOutcome::Append(event)) => vec![(**event).clone()],
-                _ => Vec::new(),
-            };
-            outcome = Some(decided);
-            Ok(Decision::<()> {
-                events,
-                effects: Vec::new(),
+        let decided =
+            decide_and_append(&*i.log, &i.cache, &case, &[], Rounds::Once, |view, head| {
+                let decided =
+                    match decide::decide_request(view, &req, to_payload, &fresh, Utc::now()) {
+                        // A new event on a case that already holds the most callers
+                        // may add (a retry of a recorded request is still answered).
+                        Ok(RequestOutcome::Append(event)) => casework_runtime::limits::case_length(
+                            crate::SERVICE,
+                            &case.to_string(),
+                            head.map_or(0, |h| h.case_seq),
+                            &i.limits,
+                        )
+                        .map(|()| RequestOutcome::Append(event))
+                        .map_err(Error::FailedPrecondition),
+                        other => other,
+                    };
+                let events = match &decided {
+                    Ok(RequestOutcome::Append(event)) => vec![(**event).clone()],
+                    _ => Vec::new(),
+                };
+                outcome = Some(decided);
+                Ok(Decision::<()> {
+                    events,
+                    effects: Vec::new(),
+                })
             })
-        })
-        .await
-        .map_err(failure_to_error)?;
+            .await
+            .map_err(failure_to_error)?;
         let head = decided.head.clone();
         let (event_id, sequence, replayed) = match outcome {
             Some(Ok(RequestOutcome::Replayed { event_id, sequence })) => (event_id, sequence, true),
@@ -277,6 +297,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let mut req = request.into_inner();
         caller.for_tenant(&validate::tenant(&req.tenant)?)?;
+        self.inner.rate.admit(crate::SERVICE, &req.tenant)?;
         req.opened_by = caller.vouch(req.opened_by.take())?;
         Ok(Response::new(IntakeApi::open_case(self, req).await?))
     }
@@ -288,6 +309,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let mut req = validate::record_interaction(&request.into_inner())?;
         caller.for_tenant(&req.tenant)?;
+        self.inner.rate.admit(crate::SERVICE, req.tenant.as_str())?;
         req.payload.actor = caller.vouch(req.payload.actor.take())?;
         let recorded = self.record(req, Payload::InteractionRecorded).await?;
         Ok(Response::new(api::RecordInteractionResponse {
@@ -302,6 +324,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let req = validate::submit_feedback(&request.into_inner())?;
         caller.for_tenant(&req.tenant)?;
+        self.inner.rate.admit(crate::SERVICE, req.tenant.as_str())?;
         let recorded = self.record(req, Payload::FeedbackReceived).await?;
         Ok(Response::new(api::SubmitFeedbackResponse {
             recorded: Some(recorded),
@@ -315,6 +338,7 @@ impl api::intake_server::Intake for IntakeApi {
         let caller = Caller::of(&request)?;
         let mut req = validate::withdraw_case(&request.into_inner())?;
         caller.for_tenant(&req.tenant)?;
+        self.inner.rate.admit(crate::SERVICE, req.tenant.as_str())?;
         req.payload.actor = caller.vouch(req.payload.actor.take())?;
         let recorded = self
             .record(req, |w: pb::CaseWithdrawn| Payload::CaseWithdrawn(w))

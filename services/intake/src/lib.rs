@@ -81,6 +81,32 @@ pub struct IntakeSettings {
     /// recently used evicted first; an evicted case is read whole once
     /// when next needed). About 2 KiB per case.
     pub cache_cases: usize,
+    /// Write calls (OpenCase, RecordInteraction, SubmitFeedback,
+    /// WithdrawCase) a tenant may make per minute, sustained, on this
+    /// replica (0: no limit); beyond it RESOURCE_EXHAUSTED with a retry
+    /// hint.
+    pub tenant_writes_per_minute: u32,
+    /// Write calls a tenant may make at once above that rate.
+    pub tenant_write_burst: u32,
+    /// A case reaching this many events (and every multiple) is logged and
+    /// counted as growing long.
+    pub warn_events_per_case: u64,
+    /// Callers may not add events to a case holding this many
+    /// (FAILED_PRECONDITION: open a new case); the services' own events
+    /// are still written.
+    pub max_events_per_case: u64,
+}
+
+impl IntakeSettings {
+    /// The limits these settings set.
+    pub fn limits(&self) -> casework_runtime::limits::LimitSettings {
+        casework_runtime::limits::LimitSettings {
+            tenant_writes_per_minute: self.tenant_writes_per_minute,
+            tenant_write_burst: self.tenant_write_burst,
+            warn_events_per_case: self.warn_events_per_case,
+            max_events_per_case: self.max_events_per_case,
+        }
+    }
 }
 
 impl Default for IntakeSettings {
@@ -89,6 +115,14 @@ impl Default for IntakeSettings {
             close_concurrency: 32,
             read_your_writes_timeout_ms: 2000,
             cache_cases: 10_000,
+            tenant_writes_per_minute: casework_runtime::limits::LimitSettings::default()
+                .tenant_writes_per_minute,
+            tenant_write_burst: casework_runtime::limits::LimitSettings::default()
+                .tenant_write_burst,
+            warn_events_per_case: casework_runtime::limits::LimitSettings::default()
+                .warn_events_per_case,
+            max_events_per_case: casework_runtime::limits::LimitSettings::default()
+                .max_events_per_case,
         }
     }
 }
@@ -111,6 +145,7 @@ impl Validate for IntakeSettings {
                 self.cache_cases
             ));
         }
+        p.extend(self.limits().validate());
         p
     }
 }
@@ -182,6 +217,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         catalogs,
         read_model,
         Duration::from_millis(options.service.read_your_writes_timeout_ms),
+        options.service.limits(),
     );
     let server = GrpcServer::new()
         .tls(&options.tls)?

@@ -1177,3 +1177,90 @@ async fn another_services_credentials_are_named_as_the_fault() {
         "{e}"
     );
 }
+
+/// Callers may not grow a case past `max_events_per_case`
+/// (FAILED_PRECONDITION naming the setting, nothing written), while a retry
+/// of a request already recorded is still answered; and a tenant over its
+/// write rate is told to wait (RESOURCE_EXHAUSTED with `retry-after-ms`)
+/// while another tenant is not held back.
+#[tokio::test]
+async fn a_case_has_a_length_cap_and_a_tenant_a_write_rate() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&nats, dir.path(), "intake-a");
+    o.service.max_events_per_case = 10;
+    o.service.warn_events_per_case = 8;
+    o.service.tenant_writes_per_minute = 1;
+    o.service.tenant_write_burst = 11;
+    let shutdown = Shutdown::new();
+    let running = start(o, shutdown.clone()).await.unwrap();
+    let mut client = IntakeClient::connect(format!("http://{}", running.grpc))
+        .await
+        .unwrap();
+    let opened = client
+        .open_case(open_req("long-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let interaction = |n: u32| api::RecordInteractionRequest {
+        tenant: "acme".into(),
+        case_id: opened.case_id.clone(),
+        channel: pb::Channel::Chat as i32,
+        direction: pb::Direction::Inbound as i32,
+        summary: format!("message {n}"),
+        actor: None,
+        request_id: format!("r-{n}"),
+    };
+    // case_opened and promise_made, then eight interactions reach the cap.
+    for n in 1..=8 {
+        client.record_interaction(interaction(n)).await.unwrap();
+    }
+    let log = reader(&nats).await;
+    let before = log.last_stream_seq().await.unwrap();
+    let e = client.record_interaction(interaction(9)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("max_events_per_case") && e.message().contains("new case"),
+        "{e:?}"
+    );
+    let again = client
+        .record_interaction(interaction(8))
+        .await
+        .unwrap()
+        .into_inner()
+        .recorded
+        .unwrap();
+    assert!(again.replayed, "a retry of a recorded request is answered");
+    assert_eq!(
+        log.last_stream_seq().await.unwrap(),
+        before,
+        "nothing written"
+    );
+    // Eleven write calls so far (one open, ten interactions, the refused
+    // and the replayed ones included): the burst is spent, and the rate
+    // gives one a minute.
+    let e = client.open_case(open_req("long-2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let wait: u64 = e
+        .metadata()
+        .get("retry-after-ms")
+        .expect("a retry hint")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 0 && wait <= 60_000, "{wait}");
+    let mut other = open_req("long-3");
+    other.tenant = "globex".into();
+    client
+        .open_case(other)
+        .await
+        .expect("another tenant is not held back");
+    assert_eq!(
+        log.last_stream_seq().await.unwrap(),
+        before + 2,
+        "only globex's case was written"
+    );
+    shutdown.cancel();
+    running.wait().await.unwrap();
+}

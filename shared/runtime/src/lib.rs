@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod held;
 pub mod http;
 pub mod jwks;
+pub mod limits;
 pub mod nats;
 pub mod options;
 pub mod reconcile;
