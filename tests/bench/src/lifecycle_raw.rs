@@ -226,6 +226,24 @@ pub async fn append(
     case_seq: u64,
     expected: u64,
 ) -> u64 {
+    try_append(
+        client, payload, writer, case_id, event_type, case_seq, expected,
+    )
+    .await
+    .unwrap_or_else(|ack| panic!("raw append to case {case_id} refused: {ack}"))
+}
+
+/// [`append`], returning the broker's refusal (e.g. a wrong last sequence:
+/// someone else appended first) instead of panicking.
+pub async fn try_append(
+    client: &async_nats::Client,
+    payload: &bytes::Bytes,
+    writer: &str,
+    case_id: &str,
+    event_type: &str,
+    case_seq: u64,
+    expected: u64,
+) -> Result<u64, serde_json::Value> {
     let subject = format!("case.{TENANT}.{case_id}.{writer}.{event_type}");
     let req = async_nats::Request::new()
         .headers(headers(writer, case_id, event_type, case_seq, expected))
@@ -237,10 +255,10 @@ pub async fn append(
         .unwrap_or_else(|e| panic!("raw append to {subject}: {e}"));
     let ack: serde_json::Value = serde_json::from_slice(&reply.payload)
         .unwrap_or_else(|e| panic!("raw append to {subject}: unreadable ack ({e})"));
-    ack["seq"]
-        .as_u64()
-        .filter(|_| ack.get("error").is_none())
-        .unwrap_or_else(|| panic!("raw append to {subject} refused: {ack}"))
+    match ack["seq"].as_u64() {
+        Some(seq) if ack.get("error").is_none() => Ok(seq),
+        _ => Err(ack),
+    }
 }
 
 /// `(case_id, event_type)` of a subject `case.<t>.<id>.<writer>.<type>`.

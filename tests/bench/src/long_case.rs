@@ -38,8 +38,8 @@ use crate::lifecycle::{start_system, stop_system};
 use crate::lifecycle_raw;
 use crate::report::{print, scaled};
 
-const TENANT: &str = "bench";
-const SERVICE: &str = "bench_long_case";
+pub(crate) const TENANT: &str = "bench";
+pub(crate) const SERVICE: &str = "bench_long_case";
 /// Lengths the case is grown to after the fresh measurement (fixed, not
 /// scaled).
 const SIZES: [u64; 2] = [1_000, 10_000];
@@ -47,7 +47,7 @@ const SIZES: [u64; 2] = [1_000, 10_000];
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP_CALLS: usize = 20;
 
-const CATALOG: &str = r#"
+pub(crate) const CATALOG: &str = r#"
 version = "bench-long-case-1"
 
 [services.bench_long_case]
@@ -69,9 +69,9 @@ on_negative_feedback = [{ action = "apology" }]
 limits = { currency = "EUR", auto_approve_limit_minor = 1000, daily_budget_minor = 1000000 }
 "#;
 
-type Client = IntakeClient<casework_auth::dev::WithToken>;
+pub(crate) type Client = IntakeClient<casework_auth::dev::WithToken>;
 
-fn interaction(case_id: &str, request_id: String) -> RecordInteractionRequest {
+pub(crate) fn interaction(case_id: &str, request_id: String) -> RecordInteractionRequest {
     RecordInteractionRequest {
         tenant: TENANT.into(),
         case_id: case_id.to_owned(),
@@ -97,7 +97,11 @@ async fn record(client: &mut Client, case_id: &str, request_id: String) -> u64 {
 
 /// Opens a case (key `key`) and waits until fulfilment has started its
 /// manual step; returns the case id and its length.
-async fn open_settled(client: &mut Client, log: &JetStreamLog, key: &str) -> (String, u64) {
+pub(crate) async fn open_settled(
+    client: &mut Client,
+    log: &JetStreamLog,
+    key: &str,
+) -> (String, u64) {
     let opened = client
         .open_case(OpenCaseRequest {
             tenant: TENANT.into(),

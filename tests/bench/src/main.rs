@@ -14,6 +14,7 @@ mod append;
 mod auth;
 mod deadlines;
 mod fulfil;
+mod hot_case;
 mod ledger;
 mod lifecycle;
 mod lifecycle_raw;
@@ -42,6 +43,7 @@ async fn main() -> ExitCode {
                lifecycle-cluster  lifecycle on a 3-node JetStream cluster on loopback (R3 streams, always), each point after its raw twin\n  \
                lifecycle-raw  the same 12 appends per case on bare JetStream, each after the first two made by a consumer that saw the previous one\n  \
                long-case  RecordInteraction latency on a fresh case and on one of 1,000 and 10,000 events (and -raw: direct get + one OCC publish)\n  \
+               hot-case  3,000 RecordInteraction calls on one case at 16 in flight, and what they do to another tenant's OpenCase (and -raw: 16 OCC appenders on one case)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                auth     the gRPC edge admitting one call with an EdDSA bearer token, and with authentication off (auth-off)\n  \
                all      every scenario\n\
@@ -64,6 +66,7 @@ async fn main() -> ExitCode {
             "lifecycle-raw" => lifecycle_raw::lifecycle_raw().await,
             "lifecycle-cluster" => lifecycle::lifecycle_cluster().await,
             "long-case" => long_case::long_case().await,
+            "hot-case" => hot_case::hot_case().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "auth" => auth::auth().await,
             "all" => {
