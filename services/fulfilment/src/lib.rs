@@ -151,7 +151,12 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         &options.instance,
         Some(Writer::Fulfilment),
     ));
-    let db = store::open(&options.data_dir, SERVICE)?;
+    let db = store::open_checked(
+        &options.data_dir,
+        SERVICE,
+        &options.store,
+        store::Damaged::Rebuildable,
+    )?;
     let parked = Parked::new(db.clone(), SERVICE);
     let parked_now: HashSet<CaseKey> = parked
         .list()

@@ -174,7 +174,12 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         &options.instance,
         Some(Writer::Intake),
     ));
-    let db = store::open(&options.data_dir, SERVICE)?;
+    let db = store::open_checked(
+        &options.data_dir,
+        SERVICE,
+        &options.store,
+        store::Damaged::Rebuildable,
+    )?;
     let read_model = {
         let db = db.clone();
         store::blocking(move || readmodel::ReadModel::open(db)).await?

@@ -1264,3 +1264,73 @@ async fn a_case_has_a_length_cap_and_a_tenant_a_write_rate() {
     shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// intake's file is a cache of the log. Damaged, it is refused at start
+/// naming the file (redb's integrity check on open), unless
+/// `store.rebuild_when_damaged` allows moving it aside: then intake starts
+/// on an empty file, keeps the damaged one for inspection, and answers for
+/// every case again from the log.
+#[tokio::test]
+async fn a_damaged_store_is_refused_or_with_leave_moved_aside_and_rebuilt() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let intake = Intake::start(&nats, dir.path(), "intake-a").await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(
+            intake
+                .open(open_req(&format!("dmg-{i}")))
+                .await
+                .unwrap()
+                .case_id,
+        );
+    }
+    let before = snapshot(&intake, &ids).await;
+    intake.stop().await;
+    let file = dir.path().join("intake.redb");
+    casework_testkit::damage_pages(
+        &file,
+        &(0..40)
+            .map(|i| 0.1 + f64::from(i) * 0.02)
+            .collect::<Vec<_>>(),
+    );
+
+    let refused = start(options(&nats, dir.path(), "intake-a"), Shutdown::new())
+        .await
+        .expect_err("a damaged store is refused");
+    let e = format!("{refused:#}");
+    assert!(e.contains("intake.redb") && e.contains("damaged"), "{e}");
+    assert!(
+        refused
+            .chain()
+            .any(|c| c.is::<casework_runtime::BadConfiguration>()),
+        "it exits 2, as for bad configuration: {e}"
+    );
+
+    let mut o = options(&nats, dir.path(), "intake-a");
+    o.store.rebuild_when_damaged = true;
+    let shutdown = Shutdown::new();
+    let running = start(o, shutdown.clone())
+        .await
+        .expect("rebuilt from the log");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("intake.redb.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept aside: {aside:?}");
+    let rebuilt = Intake {
+        client: IntakeClient::connect(format!("http://{}", running.grpc))
+            .await
+            .unwrap(),
+        running,
+        shutdown,
+    };
+    eventually(WAIT, "the rebuilt read model to be ready", || async {
+        rebuilt.ready().await.then_some(())
+    })
+    .await;
+    assert_eq!(snapshot(&rebuilt, &ids).await, before);
+    rebuilt.stop().await;
+}

@@ -94,10 +94,7 @@ where
         Err(e) => Err(Error::Damaged(match e.try_into_panic() {
             Ok(p) => format!(
                 "a read of the archive failed: {}",
-                p.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| p.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic inside the store")
+                casework_runtime::panic_message(p.as_ref())
             ),
             Err(_) => "a read of the archive was cancelled".to_owned(),
         })),

@@ -144,7 +144,17 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     let readiness = Readiness::default();
     readiness.set(ingest::READY_STREAM, false);
     readiness.set(ingest::READY_CAUGHT_UP, false);
-    let db = store::open(&options.data_dir, "ledger")?;
+    if options.store.rebuild_when_damaged {
+        return Err(anyhow::Error::new(casework_runtime::BadConfiguration(
+            "store.rebuild_when_damaged is not allowed for the ledger: its archive is evidence and is never replaced silently; leave it false (a damaged archive is refused at start, naming the file)".to_owned(),
+        )));
+    }
+    let db = store::open_checked(
+        &options.data_dir,
+        "ledger",
+        &options.store,
+        store::Damaged::Refuse,
+    )?;
     let file = options.data_dir.join("ledger.redb");
     let damaged = |e: error::Error| anyhow::anyhow!("{}: {e}", file.display());
     let archive = error::read_blocking(move || archive::Archive::open(db))

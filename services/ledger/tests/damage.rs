@@ -9,38 +9,16 @@
 
 mod common;
 
-use std::io::{Read, Seek, SeekFrom, Write};
-
 use casework_proto::ledger::v1 as api;
 use common::*;
 use futures::StreamExt;
 use tonic::Code;
 
 const CASES: usize = 120;
-const PAGE: u64 = 4096;
 
-/// Flips the bytes of the 4 KiB pages at `at` (fractions of the file's
-/// length), the same damage every run; how many pages it flipped.
+/// The same damage every run (see [`casework_testkit::damage_pages`]).
 fn damage(path: &std::path::Path, at: &[f64]) -> usize {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let len = f.metadata().unwrap().len();
-    let mut buf = vec![0u8; PAGE as usize];
-    for fraction in at {
-        let page = (len as f64 * fraction) as u64 / PAGE;
-        f.seek(SeekFrom::Start(page * PAGE)).unwrap();
-        let n = f.read(&mut buf).unwrap();
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b ^= 0xA5 ^ (i as u8);
-        }
-        f.seek(SeekFrom::Start(page * PAGE)).unwrap();
-        f.write_all(&buf[..n]).unwrap();
-    }
-    f.sync_all().unwrap();
-    at.len()
+    casework_testkit::damage_pages(path, at)
 }
 
 /// Every second page between 20 % and 80 % of the file.

@@ -176,7 +176,12 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         &options.instance,
         Some(Writer::Recovery),
     ));
-    let db = casework_runtime::store::open(&options.data_dir, SERVICE)?;
+    let db = casework_runtime::store::open_checked(
+        &options.data_dir,
+        SERVICE,
+        &options.store,
+        casework_runtime::store::Damaged::Rebuildable,
+    )?;
     let views = {
         let db = db.clone();
         casework_runtime::store::blocking(move || views::Views::open(db)).await?

@@ -279,11 +279,7 @@ fn panicked(
     rpc: &str,
     p: &(dyn std::any::Any + Send),
 ) -> http::Response<tonic::body::Body> {
-    let why = p
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| p.downcast_ref::<&str>().copied())
-        .unwrap_or("a panic");
+    let why = crate::panic_message(p);
     metrics::counter!("casework_grpc_panics_total", "service" => service).increment(1);
     tracing::error!(service, rpc, panic = why, "a call's handler panicked");
     tonic::Status::internal(format!(

@@ -55,6 +55,14 @@ pub fn load_catalogs(paths: &[std::path::PathBuf]) -> anyhow::Result<casework_ca
     load_catalogs_inner(paths).map_err(|e| anyhow::Error::new(BadConfiguration(format!("{e:#}"))))
 }
 
+/// The text of a caught panic (`panic!` with a message or a string).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic")
+}
+
 /// A configuration problem found after the options were read (a missing
 /// or invalid catalogue): the process exits 2, like for bad options.
 #[derive(Debug, thiserror::Error)]

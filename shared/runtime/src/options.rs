@@ -125,6 +125,30 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// How the service treats its redb files at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Verify every page's checksum when a file is opened (redb's integrity
+    /// check; it reads the whole file), so damage is found at start, not by
+    /// a read that fails later.
+    pub check_on_open: bool,
+    /// When a file is damaged and the service rebuilds it from the streams
+    /// anyway (read models, task boards: never the ledger's archive), move
+    /// it aside as `<name>.redb.damaged-<time>` and start with an empty one
+    /// instead of refusing to start.
+    pub rebuild_when_damaged: bool,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            check_on_open: true,
+            rebuild_when_damaged: false,
+        }
+    }
+}
+
 /// TLS for the service's gRPC server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -170,6 +194,9 @@ pub struct Options<S> {
     pub auth: casework_auth::AuthSettings,
     /// Logs and traces.
     pub telemetry: TelemetrySettings,
+    /// The redb files.
+    #[serde(default)]
+    pub store: StoreSettings,
     /// The service's own settings.
     pub service: S,
 }
@@ -203,6 +230,7 @@ impl<S: Default> Options<S> {
             tls: TlsSettings::default(),
             auth: casework_auth::AuthSettings::default(),
             telemetry: TelemetrySettings::default(),
+            store: StoreSettings::default(),
             service: S::default(),
         }
     }

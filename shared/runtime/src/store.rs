@@ -10,28 +10,98 @@ use std::time::{Duration, Instant};
 pub use redb;
 use redb::Database;
 
-/// Opens (or creates) `<dir>/<name>.redb`, creating `dir`.
-pub fn open(dir: &Path, name: &str) -> anyhow::Result<Arc<Database>> {
+/// Whether a damaged file may be replaced by an empty one the service
+/// rebuilds from the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damaged {
+    /// Refuse to start, naming the file and the fault (the ledger's
+    /// archive is evidence: never silently replaced).
+    Refuse,
+    /// The file is a cache of the streams: with
+    /// `store.rebuild_when_damaged`, move it aside and start empty.
+    Rebuildable,
+}
+
+/// Opens (or creates) `<dir>/<name>.redb`, creating `dir`; with
+/// `store.check_on_open`, verifies every page first. A damaged file is
+/// refused with the file and the fault named, or — when it is
+/// [`Damaged::Rebuildable`] and `store.rebuild_when_damaged` allows it —
+/// moved aside (`<name>.redb.damaged-<time>`, kept for inspection) and
+/// replaced by an empty one the service rebuilds from the streams.
+pub fn open_checked(
+    dir: &Path,
+    name: &str,
+    settings: &crate::options::StoreSettings,
+    kind: Damaged,
+) -> anyhow::Result<Arc<Database>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.redb"));
-    // redb panics on some damaged pages instead of returning an error:
-    // either way the service refuses to start, saying which file and what
-    // to do, rather than dying with a panic.
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&path)))
-        .map_err(|p| {
-            let why = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic inside redb");
-            anyhow::anyhow!(
-                "cannot open {}: the file is damaged ({why}); move it aside and start again to rebuild it from the streams",
-                path.display()
-            )
-        })?;
-    let db = opened.map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    Ok(Arc::new(db))
+    let started = std::time::Instant::now();
+    match open_file(&path, settings.check_on_open) {
+        Ok(db) => {
+            if settings.check_on_open {
+                let took = started.elapsed();
+                metrics::histogram!("casework_store_check_seconds", "file" => name.to_owned())
+                    .record(took.as_secs_f64());
+                tracing::info!(file = %path.display(), ?took, "store checked");
+            }
+            Ok(Arc::new(db))
+        }
+        Err(fault) if kind == Damaged::Rebuildable && settings.rebuild_when_damaged => {
+            let aside = dir.join(format!(
+                "{name}.redb.damaged-{}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ));
+            std::fs::rename(&path, &aside).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is damaged ({fault}) and cannot be moved aside to {}: {e}",
+                    path.display(),
+                    aside.display()
+                )
+            })?;
+            metrics::counter!("casework_store_rebuilt_total", "file" => name.to_owned())
+                .increment(1);
+            tracing::error!(
+                file = %path.display(),
+                moved_to = %aside.display(),
+                fault,
+                "the store is damaged; it was moved aside and is rebuilt from the streams (store.rebuild_when_damaged)"
+            );
+            Ok(Arc::new(open_file(&path, false).map_err(|e| {
+                anyhow::anyhow!("cannot create {} anew: {e}", path.display())
+            })?))
+        }
+        Err(fault) => Err(anyhow::Error::new(crate::BadConfiguration(format!(
+            "cannot open {}: the file is damaged ({fault}); {}",
+            path.display(),
+            match kind {
+                Damaged::Rebuildable =>
+                    "move it aside (or set store.rebuild_when_damaged = true) and start again to rebuild it from the streams",
+                Damaged::Refuse =>
+                    "it is evidence and is never replaced silently: keep it for inspection, restore it from a backup, or move it aside to rebuild the archive from the streams and verify the rebuilt archive against the stream",
+            }
+        )))),
+    }
+}
+
+/// Opens `path`, checking every page when `check`; a fault as text. redb
+/// panics on some damaged pages instead of returning an error: that is a
+/// fault too, never a crash.
+fn open_file(path: &Path, check: bool) -> Result<Database, String> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut b = Database::builder();
+        b.set_check_integrity_on_open(check);
+        b.create(path)
+    }))
+    .map_err(|p| crate::panic_message(p.as_ref()).to_owned())?;
+    opened.map_err(|e| e.to_string())
+}
+
+/// Opens (or creates) `<dir>/<name>.redb` with the default store settings
+/// (checked, never replaced): for tests and tools.
+pub fn open(dir: &Path, name: &str) -> anyhow::Result<Arc<Database>> {
+    open_checked(dir, name, &Default::default(), Damaged::Refuse)
 }
 
 /// Runs `f` on the blocking pool.

@@ -419,6 +419,33 @@ pub fn wait_until<T>(
     }
 }
 
+/// Damages a file as a bad disk or a bad restore would: flips every byte
+/// of the 4 KiB pages at `at` (fractions of the file's length), the same
+/// damage every run. Returns how many pages it flipped.
+pub fn damage_pages(path: &Path, at: &[f64]) -> usize {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const PAGE: u64 = 4096;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {} to damage it: {e}", path.display()));
+    let len = f.metadata().expect("file length").len();
+    let mut buf = vec![0u8; PAGE as usize];
+    for fraction in at {
+        let page = (len as f64 * fraction) as u64 / PAGE;
+        f.seek(SeekFrom::Start(page * PAGE)).expect("seek");
+        let n = f.read(&mut buf).expect("read a page");
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b ^= 0xA5 ^ (i as u8);
+        }
+        f.seek(SeekFrom::Start(page * PAGE)).expect("seek");
+        f.write_all(&buf[..n]).expect("write the damaged page");
+    }
+    f.sync_all().expect("sync the damaged file");
+    at.len()
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -21,6 +21,7 @@ mod lifecycle_raw;
 mod long_case;
 mod open_case;
 mod report;
+mod store_check;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,7 @@ async fn main() -> ExitCode {
                lifecycle-raw  the same 12 appends per case on bare JetStream, each after the first two made by a consumer that saw the previous one\n  \
                long-case  RecordInteraction latency on a fresh case and on one of 1,000 and 10,000 events (and -raw: direct get + one OCC publish)\n  \
                hot-case  3,000 RecordInteraction calls on one case at 16 in flight, and what they do to another tenant's OpenCase (and -raw: 16 OCC appenders on one case)\n  \
+               store-check  opening a 400 MB redb file with its integrity check, and without (-plain)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                auth     the gRPC edge admitting one call with an EdDSA bearer token, and with authentication off (auth-off)\n  \
                all      every scenario\n\
@@ -67,6 +69,7 @@ async fn main() -> ExitCode {
             "lifecycle-cluster" => lifecycle::lifecycle_cluster().await,
             "long-case" => long_case::long_case().await,
             "hot-case" => hot_case::hot_case().await,
+            "store-check" => store_check::store_check().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "auth" => auth::auth().await,
             "all" => {
