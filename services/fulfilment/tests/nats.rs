@@ -589,15 +589,6 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
     // A well-formed token of a case that does not exist: the text is
     // checked before the case is looked up.
     let token = "ft1.acme.01JD8X3V5R6M2Q4T7W9Y0Z1A2B.1.0.1".to_owned();
-    let check = |what: String, field: &str, found: &str, r: Result<(), tonic::Status>| {
-        let e = r.expect_err(&what);
-        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
-        assert!(
-            e.message().starts_with(field) && e.message().contains(found),
-            "{what}: {}",
-            e.message()
-        );
-    };
     for (bad, found) in casework_domain::text::BAD_TEXT {
         let out = c
             .poll_tasks(api::PollTasksRequest {
@@ -607,8 +598,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("PollTasks worker_id {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("PollTasks worker_id {bad:?}"),
             "worker_id",
             found,
             out,
@@ -621,8 +612,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("PollTasks task_kinds {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("PollTasks task_kinds {bad:?}"),
             "task_kinds",
             found,
             out,
@@ -634,8 +625,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("Heartbeat worker_id {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("Heartbeat worker_id {bad:?}"),
             "worker_id",
             found,
             out,
@@ -652,7 +643,12 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
                 })
                 .await
                 .map(drop);
-            check(format!("CompleteTask {field} {bad:?}"), field, found, out);
+            casework_testkit::assert_invalid_field(
+                &format!("CompleteTask {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
         }
         let out = c
             .complete_task(api::CompleteTaskRequest {
@@ -662,8 +658,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("CompleteTask worker_id {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("CompleteTask worker_id {bad:?}"),
             "worker_id",
             found,
             out,
@@ -677,7 +673,12 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(format!("FailTask error {bad:?}"), "error", found, out);
+        casework_testkit::assert_invalid_field(
+            &format!("FailTask error {bad:?}"),
+            "error",
+            found,
+            out,
+        );
         let out = c
             .list_manual_tasks(api::ListManualTasksRequest {
                 queue: bad.to_string(),
@@ -685,8 +686,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("ListManualTasks queue {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("ListManualTasks queue {bad:?}"),
             "queue",
             found,
             out,
@@ -726,8 +727,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
                 })
                 .await
                 .map(drop);
-            check(
-                format!("CompleteManualStep {field} {bad:?}"),
+            casework_testkit::assert_invalid_field(
+                &format!("CompleteManualStep {field} {bad:?}"),
                 field,
                 found,
                 out,

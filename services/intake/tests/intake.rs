@@ -390,28 +390,24 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
         ("actor.id", |r, v| r.actor.as_mut().unwrap().id = v.into()),
     ];
     let mut client = intake.client.clone();
-    let check = |what: String, field: &str, found: &str, r: Result<(), tonic::Status>| {
-        let e = r.expect_err(&what);
-        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
-        assert!(
-            e.message().starts_with(field) && e.message().contains(found),
-            "{what}: {}",
-            e.message()
-        );
-    };
     for (bad, found) in casework_domain::text::BAD_TEXT {
         for (field, set) in open_fields {
             let mut r = open_req("hygiene");
             set(&mut r, bad);
             let out = client.open_case(r).await.map(drop);
-            check(format!("OpenCase {field} {bad:?}"), field, found, out);
+            casework_testkit::assert_invalid_field(
+                &format!("OpenCase {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
         }
         for (field, set) in interaction_fields {
             let mut r = interaction();
             set(&mut r, bad);
             let out = client.record_interaction(r).await.map(drop);
-            check(
-                format!("RecordInteraction {field} {bad:?}"),
+            casework_testkit::assert_invalid_field(
+                &format!("RecordInteraction {field} {bad:?}"),
                 field,
                 found,
                 out,
@@ -421,13 +417,23 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             let mut r = feedback();
             set(&mut r, bad);
             let out = client.submit_feedback(r).await.map(drop);
-            check(format!("SubmitFeedback {field} {bad:?}"), field, found, out);
+            casework_testkit::assert_invalid_field(
+                &format!("SubmitFeedback {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
         }
         for (field, set) in withdraw_fields {
             let mut r = withdraw();
             set(&mut r, bad);
             let out = client.withdraw_case(r).await.map(drop);
-            check(format!("WithdrawCase {field} {bad:?}"), field, found, out);
+            casework_testkit::assert_invalid_field(
+                &format!("WithdrawCase {field} {bad:?}"),
+                field,
+                found,
+                out,
+            );
         }
         let out = client
             .list_cases(api::ListCasesRequest {
@@ -437,8 +443,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("ListCases customer_id {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("ListCases customer_id {bad:?}"),
             "customer_id",
             found,
             out,

@@ -955,15 +955,6 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             display_name: name.into(),
         })
     };
-    let check = |what: String, field: &str, found: &str, r: Result<(), tonic::Status>| {
-        let e = r.expect_err(&what);
-        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
-        assert!(
-            e.message().starts_with(field) && e.message().contains(found),
-            "{what}: {}",
-            e.message()
-        );
-    };
     for (bad, found) in casework_domain::text::BAD_TEXT {
         let approve = |a, comp: &str, note: &str| api::ApproveCompensationRequest {
             tenant: "acme".into(),
@@ -982,8 +973,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             ("note", approve(approver("e-1", "Dana"), "r1-c2", bad)),
         ] {
             let out = grpc.approve_compensation(r).await.map(drop);
-            check(
-                format!("ApproveCompensation {field} {bad:?}"),
+            casework_testkit::assert_invalid_field(
+                &format!("ApproveCompensation {field} {bad:?}"),
                 field,
                 found,
                 out,
@@ -999,8 +990,8 @@ async fn every_text_field_refuses_control_and_bidi_characters() {
             })
             .await
             .map(drop);
-        check(
-            format!("DeclineCompensation reason {bad:?}"),
+        casework_testkit::assert_invalid_field(
+            &format!("DeclineCompensation reason {bad:?}"),
             "reason",
             found,
             out,

@@ -326,17 +326,30 @@ impl<S: Clone> AuthService<S> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_handler_that_panics_is_answered_internal_and_the_service_goes_on() {
-        use tower::{Layer, Service, ServiceExt};
-        let layer = AuthLayer::new(
+    /// intake's layer with authentication off, on loopback.
+    async fn open_layer() -> AuthLayer {
+        AuthLayer::new(
             "intake",
             &AuthSettings::default(),
             "127.0.0.1:0".parse().unwrap(),
             false,
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A call of intake's `rpc`.
+    fn call(rpc: &str) -> http::Request<()> {
+        http::Request::builder()
+            .uri(format!("/casework.intake.v1.Intake/{rpc}"))
+            .body(())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_internal_and_the_service_goes_on() {
+        use tower::{Layer, Service, ServiceExt};
+        let layer = open_layer().await;
         let inner = tower::service_fn(|req: http::Request<()>| async move {
             assert!(
                 req.uri().path().ends_with("/GetCase"),
@@ -345,12 +358,6 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
         let mut svc = layer.layer(inner);
-        let call = |path: &str| {
-            http::Request::builder()
-                .uri(format!("/casework.intake.v1.Intake/{path}"))
-                .body(())
-                .unwrap()
-        };
         let resp = svc
             .ready()
             .await
@@ -378,14 +385,7 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_request_is_invalid_argument_not_internal() {
         use tower::{Layer, Service, ServiceExt};
-        let layer = AuthLayer::new(
-            "intake",
-            &AuthSettings::default(),
-            "127.0.0.1:0".parse().unwrap(),
-            false,
-        )
-        .await
-        .unwrap();
+        let layer = open_layer().await;
         // What tonic's Protobuf codec answers for a string field that is
         // not UTF-8: INTERNAL with prost's error (the real path, through a
         // server, is intake's test `undecodable_requests_are_invalid_argument`).
@@ -404,12 +404,6 @@ mod tests {
             async move { Ok::<_, std::convert::Infallible>(answer) }
         });
         let mut svc = layer.layer(inner);
-        let call = |path: &str| {
-            http::Request::builder()
-                .uri(format!("/casework.intake.v1.Intake/{path}"))
-                .body(())
-                .unwrap()
-        };
         let resp = svc
             .ready()
             .await

@@ -238,6 +238,21 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server the way an orchestrator does (SIGTERM: it closes
+    /// its clients and flushes its store), waiting until it has exited.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !sent {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the server again on the same port and store after [`kill`].
     ///
     /// [`kill`]: NatsServer::kill
@@ -444,6 +459,19 @@ pub fn damage_pages(path: &Path, at: &[f64]) -> usize {
     }
     f.sync_all().expect("sync the damaged file");
     at.len()
+}
+
+/// Asserts that a call (`what`, for the message) was refused
+/// INVALID_ARGUMENT with a message that starts with the `field` it names and
+/// says what was `found`: the shape of every bad-input refusal.
+pub fn assert_invalid_field(what: &str, field: &str, found: &str, r: Result<(), tonic::Status>) {
+    let e = r.expect_err(what);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+    assert!(
+        e.message().starts_with(field) && e.message().contains(found),
+        "{what}: {}",
+        e.message()
+    );
 }
 
 #[cfg(test)]

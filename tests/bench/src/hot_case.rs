@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use casework_caselog::JetStreamLog;
-use casework_caselog::jetstream::{CASES_STREAM, NatsOptions, connect};
+use casework_caselog::jetstream::{NatsOptions, connect};
 use casework_domain::pb;
 use casework_e2e::memory_of;
 use casework_intake::proto::OpenCaseRequest;
@@ -235,27 +235,13 @@ pub async fn hot_case() {
             lat.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let filter = format!("case.{}.{case_id}.>", lifecycle_raw::TENANT);
             loop {
                 if issued.fetch_add(1, Ordering::Relaxed) as usize >= n {
                     return;
                 }
                 let t = Instant::now();
                 loop {
-                    let req = serde_json::json!({ "last_by_subj": filter });
-                    let reply = raw
-                        .request(
-                            format!("$JS.API.DIRECT.GET.{CASES_STREAM}"),
-                            req.to_string().into(),
-                        )
-                        .await
-                        .expect("direct get of the case's last message");
-                    let head: u64 = reply
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Sequence"))
-                        .and_then(|v| v.as_str().parse().ok())
-                        .expect("direct get with Nats-Sequence");
+                    let head = lifecycle_raw::head_of(&raw, &case_id).await;
                     let seq = len.load(Ordering::Relaxed) + 1;
                     match lifecycle_raw::try_append(
                         &raw,

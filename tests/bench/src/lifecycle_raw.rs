@@ -233,6 +233,25 @@ pub async fn append(
     .unwrap_or_else(|ack| panic!("raw append to case {case_id} refused: {ack}"))
 }
 
+/// The stream sequence of `case_id`'s last message (a `last_by_subj`
+/// direct get): the head an OCC append expects.
+pub async fn head_of(client: &async_nats::Client, case_id: &str) -> u64 {
+    let req = serde_json::json!({ "last_by_subj": format!("case.{TENANT}.{case_id}.>") });
+    let reply = client
+        .request(
+            format!("$JS.API.DIRECT.GET.{CASES_STREAM}"),
+            req.to_string().into(),
+        )
+        .await
+        .expect("direct get of the case's last message");
+    reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Sequence"))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or_else(|| panic!("direct get without Nats-Sequence: {:?}", reply.status))
+}
+
 /// [`append`], returning the broker's refusal (e.g. a wrong last sequence:
 /// someone else appended first) instead of panicking.
 pub async fn try_append(

@@ -25,7 +25,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use casework_caselog::jetstream::{CASES_STREAM, NatsOptions, connect};
+use casework_caselog::jetstream::{NatsOptions, connect};
 use casework_caselog::{CaseKey, CaseLog, JetStreamLog};
 use casework_domain::pb;
 use casework_domain::{CaseId, Tenant};
@@ -175,23 +175,7 @@ impl RawCase {
     /// One decision's worth of broker work: learn the head (`last_by_subj`
     /// direct get), append on it.
     async fn occ_append(&mut self) {
-        let req = serde_json::json!({
-            "last_by_subj": format!("case.{}.{}.>", lifecycle_raw::TENANT, self.case_id)
-        });
-        let reply = self
-            .client
-            .request(
-                format!("$JS.API.DIRECT.GET.{CASES_STREAM}"),
-                req.to_string().into(),
-            )
-            .await
-            .expect("direct get of the case's last message");
-        let head: u64 = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Sequence"))
-            .and_then(|v| v.as_str().parse().ok())
-            .unwrap_or_else(|| panic!("direct get without Nats-Sequence: {:?}", reply.status));
+        let head = lifecycle_raw::head_of(&self.client, &self.case_id).await;
         assert_eq!(head, self.head, "nobody else writes the raw case");
         self.append(head).await;
     }

@@ -204,6 +204,12 @@ impl ServiceProc {
         status.expect("exited")
     }
 
+    /// Whether the process the harness last started is still running (the
+    /// harness never restarts a service by itself).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
     /// Its log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
