@@ -5,7 +5,7 @@
 //! refusals are not an artefact of a user that can do nothing.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer, consumer::pull};
 use casework_caselog::conformance::{interaction, new_case};
@@ -87,24 +87,24 @@ impl Conn {
     /// `subject` (quoted as the server quotes it), or fails after 5 s.
     async fn refused(&self, subject: &str) {
         let needle = format!("\"{subject}\"");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            {
+        casework_testkit::eventually_explained(
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            &format!("a permissions violation for {subject}"),
+            || async {
+                self.client.flush().await.map_err(|e| e.to_string())?;
                 let errors = self.errors.lock().unwrap();
                 if errors
                     .iter()
                     .any(|e| e.contains("Permissions Violation") && e.contains(&needle))
                 {
-                    return;
+                    Ok(())
+                } else {
+                    Err(format!("the server reported {errors:?}"))
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "no permissions violation for {subject}; the server reported {errors:?}"
-                );
-            }
-            self.client.flush().await.unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            },
+        )
+        .await;
     }
 
     /// A raw request that the broker must refuse: it fails, and the

@@ -346,9 +346,21 @@ mod tests {
             .unwrap()
     }
 
+    /// Calls intake's `rpc` through `svc`; the status the answer carries in
+    /// its headers (none for a call served as usual).
+    async fn status_of<S>(svc: &mut S, rpc: &str) -> Option<tonic::Status>
+    where
+        S: tower::Service<http::Request<()>, Response = http::Response<tonic::body::Body>>,
+        S::Error: std::fmt::Debug,
+    {
+        use tower::ServiceExt;
+        let resp = svc.ready().await.unwrap().call(call(rpc)).await.unwrap();
+        tonic::Status::from_header_map(resp.headers())
+    }
+
     #[tokio::test]
     async fn a_handler_that_panics_is_answered_internal_and_the_service_goes_on() {
-        use tower::{Layer, Service, ServiceExt};
+        use tower::Layer;
         let layer = open_layer().await;
         let inner = tower::service_fn(|req: http::Request<()>| async move {
             assert!(
@@ -358,33 +370,21 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
         });
         let mut svc = layer.layer(inner);
-        let resp = svc
-            .ready()
+        let status = status_of(&mut svc, "ListCases")
             .await
-            .unwrap()
-            .call(call("ListCases"))
-            .await
-            .unwrap();
-        let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status");
+            .expect("a gRPC status");
         assert_eq!(status.code(), tonic::Code::Internal);
         assert!(
             status.message().contains("invalid page type byte"),
             "{status:?}"
         );
         // The next call is served as usual.
-        let resp = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(call("GetCase"))
-            .await
-            .unwrap();
-        assert!(tonic::Status::from_header_map(resp.headers()).is_none());
+        assert!(status_of(&mut svc, "GetCase").await.is_none());
     }
 
     #[tokio::test]
     async fn an_undecodable_request_is_invalid_argument_not_internal() {
-        use tower::{Layer, Service, ServiceExt};
+        use tower::Layer;
         let layer = open_layer().await;
         // What tonic's Protobuf codec answers for a string field that is
         // not UTF-8: INTERNAL with prost's error (the real path, through a
@@ -404,25 +404,13 @@ mod tests {
             async move { Ok::<_, std::convert::Infallible>(answer) }
         });
         let mut svc = layer.layer(inner);
-        let resp = svc
-            .ready()
+        let status = status_of(&mut svc, "OpenCase")
             .await
-            .unwrap()
-            .call(call("OpenCase"))
-            .await
-            .unwrap();
-        let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status");
+            .expect("a gRPC status");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains("UTF-8"), "{status:?}");
         // A server's own failure stays INTERNAL.
-        let resp = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(call("GetCase"))
-            .await
-            .unwrap();
-        let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status");
+        let status = status_of(&mut svc, "GetCase").await.expect("a gRPC status");
         assert_eq!(status.code(), tonic::Code::Internal);
     }
 

@@ -32,19 +32,17 @@ use tokio::sync::Mutex;
 use crate::lifecycle::{start_system, stop_system};
 use crate::lifecycle_raw;
 use crate::long_case::{self, Client};
-use crate::report::{print, scaled};
+use crate::report::{percentile, print, scaled};
 
 const HOT_IN_FLIGHT: usize = 16;
 const OTHERS_IN_FLIGHT: usize = 2;
 const OTHER_TENANT: &str = "bystander";
 
+/// The `p` percentile of `lat` in milliseconds, rounded as the report
+/// rounds.
 fn percentile_ms(mut lat: Vec<Duration>, p: f64) -> f64 {
-    if lat.is_empty() {
-        return 0.0;
-    }
     lat.sort();
-    let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-    (lat[i].as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+    (percentile(&lat, p) * 1000.0).round() / 1000.0
 }
 
 /// The other tenant's OpenCase, `OTHERS_IN_FLIGHT` at a time, until
