@@ -296,7 +296,13 @@ async fn an_integrator_cannot_stop_a_service_nor_read_another_tenant() {
         .subscribe(format!("case.{TENANT}.>"))
         .await
         .unwrap();
-    i.client.flush().await.unwrap();
+    // flush() only empties the socket; a request answered on the same
+    // connection proves the server has taken the subscription (it reads a
+    // connection's commands in order), before another connection publishes.
+    stream
+        .direct_get_last_for_subject(&own_subject)
+        .await
+        .unwrap();
     events(&log, TENANT, 1).await;
     let m = tokio::time::timeout(Duration::from_secs(5), live.next())
         .await
