@@ -47,6 +47,14 @@ pub struct OpenArgs {
     /// Attributes from the channel, KEY=VALUE (repeatable).
     #[arg(long = "attr", value_name = "KEY=VALUE")]
     pub attributes: Vec<String>,
+    /// The locale the customer reads (e.g. de, de-AT, en-GB); default: the
+    /// catalogue's.
+    #[arg(long)]
+    pub locale: Option<String>,
+    /// The customer's IANA time zone (e.g. Europe/Berlin); default: the
+    /// promise calendar's.
+    #[arg(long)]
+    pub time_zone: Option<String>,
 }
 
 /// `list`.
@@ -252,14 +260,17 @@ pub async fn open(url: &Target, tenant: Option<&str>, a: OpenArgs) -> Result<Rep
             attributes,
             idempotency_key: a.key.unwrap_or_default(),
             opened_by: None,
+            locale: a.locale.unwrap_or_default(),
+            time_zone: a.time_zone.unwrap_or_default(),
         })
         .await
         .map_err(|e| Error::from_status("open", e))?
         .into_inner();
     let p = r.promise.unwrap_or_default();
+    let told = p.customer_message.clone().unwrap_or_default();
     Ok(Report::ok(
         format!(
-            "case {tenant}/{}{}\npromise: {} by {} ({}; catalogue {})\n",
+            "case {tenant}/{}{}\npromise: {} by {} ({}; catalogue {})\ntold the customer ({}, {}): {}\n",
             r.case_id,
             if r.replayed {
                 " (already open: same idempotency key)"
@@ -269,7 +280,10 @@ pub async fn open(url: &Target, tenant: Option<&str>, a: OpenArgs) -> Result<Rep
             p.promised_outcome,
             ts(&p.deadline),
             p.deadline_rule,
-            p.catalog_version
+            p.catalog_version,
+            told.locale,
+            told.template_id,
+            told.text
         ),
         json!({
             "tenant": tenant,
@@ -283,6 +297,11 @@ pub async fn open(url: &Target, tenant: Option<&str>, a: OpenArgs) -> Result<Rep
                 "deadline_rule": p.deadline_rule,
                 "catalog_version": p.catalog_version,
                 "catalog_digest": p.catalog_digest,
+                "customer_message": {
+                    "template_id": told.template_id,
+                    "locale": told.locale,
+                    "text": told.text,
+                },
             },
         }),
     ))

@@ -72,14 +72,13 @@ pub fn resolution_label(r: casework_domain::pb::Resolution) -> String {
 #[async_trait]
 impl Reconciler for Closer {
     async fn reconcile(&self, case: &CaseKey, woke: &[StoredEvent]) -> Result<(), Failure> {
-        let catalog = self.catalogs.current();
         let decided = decide_and_append(
             &*self.log,
             &self.cache,
             case,
             woke,
             Rounds::UntilIdle,
-            |view, _| decide_closer(view, catalog, Utc::now()),
+            |view, _| decide_closer(view, &self.catalogs, Utc::now()),
         )
         .await?;
         for round in &decided.rounds {

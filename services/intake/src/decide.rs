@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use casework_catalog::{Catalog, ServiceDef};
-use casework_domain::chain::timestamp;
+use casework_catalog::{Catalog, CatalogPin, Catalogs, MessageTrigger, ServiceDef};
+use casework_domain::chain::{from_timestamp, timestamp};
 use casework_domain::pb::{self, Envelope, Resolution, envelope::Payload};
 use casework_domain::{CaseId, CaseState, EventId, EventType, NewEvent, evolve};
 use casework_runtime::reconcile::Decision;
+use casework_runtime::tell::{CaseFacts, tell};
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
@@ -115,20 +116,31 @@ impl casework_runtime::held::Fold for CaseView {
 }
 
 /// What the closer decides for a case: the promise of a case found opened
-/// without one (nothing acts on a case before its promise), else whether
-/// to close it ([`decide_close`]).
+/// without one, from the current catalogue (nothing acts on a case before
+/// its promise), else whether to close it ([`decide_close`]), in the words
+/// of the catalogue version the case is pinned to. `Err` (to park): the
+/// case names a service or a catalogue version that is not loaded.
 pub fn decide_closer(
     view: &CaseView,
-    catalog: &Catalog,
+    catalogs: &Catalogs,
     now: DateTime<Utc>,
 ) -> std::result::Result<Decision<Closed>, String> {
-    if let Some(promise) = decide_promise(view, catalog)? {
+    if let Some(promise) = decide_promise(view, catalogs.current())? {
         return Ok(Decision {
             events: vec![promise],
             effects: Vec::new(),
         });
     }
-    Ok(decide_close(view, now))
+    let catalog = match &view.promise_made {
+        Some(p) => catalogs
+            .pinned(&CatalogPin {
+                version: p.catalog_version.clone(),
+                digest: p.catalog_digest.clone(),
+            })
+            .map_err(|e| e.to_string())?,
+        None => catalogs.current(),
+    };
+    decide_close(view, catalog, now)
 }
 
 /// The events that open a case and make its promise: `case_opened`, then
@@ -153,6 +165,8 @@ pub fn decide_open(
         attributes: cmd.attributes.clone(),
         idempotency_key: cmd.idempotency_key.clone().unwrap_or_default(),
         opened_by: cmd.opened_by.clone(),
+        locale: cmd.locale.clone(),
+        time_zone: cmd.time_zone.clone(),
     };
     let open = NewEvent {
         event_id: EventId::derive(case_id, &open_cause(&opened, case_id), "case_opened"),
@@ -193,11 +207,18 @@ fn promise_event(
     catalog: &Catalog,
     opened_at: DateTime<Utc>,
 ) -> NewEvent {
+    let deadline = service.promise_deadline(opened_at);
+    let facts = CaseFacts {
+        case_id: case_id.as_str(),
+        locale: &opened.locale,
+        time_zone: &opened.time_zone,
+        deadline,
+    };
     let promise = pb::PromiseMade {
         service_code: service.code.clone(),
         catalog_version: catalog.version().to_string(),
         catalog_digest: catalog.digest().to_owned(),
-        deadline: Some(timestamp(service.promise_deadline(opened_at))),
+        deadline: Some(timestamp(deadline)),
         promised_outcome: service.promise.outcome.clone(),
         deadline_rule: service.promise.deadline.to_string(),
         calendar: service
@@ -206,6 +227,14 @@ fn promise_event(
             .as_ref()
             .map(|c| c.name().to_owned())
             .unwrap_or_default(),
+        customer_message: Some(tell(
+            catalog,
+            service,
+            facts,
+            MessageTrigger::PromiseMade,
+            opened.channel,
+            None,
+        )),
     };
     NewEvent {
         event_id: EventId::derive(case_id, &open_cause(opened, case_id), "promise_made"),
@@ -263,6 +292,8 @@ pub fn same_request(existing: &pb::CaseOpened, cmd: &OpenCase) -> bool {
         && existing.service_code == cmd.service_code
         && existing.summary == cmd.summary
         && existing.attributes == cmd.attributes
+        && existing.locale == cmd.locale
+        && existing.time_zone == cmd.time_zone
 }
 
 /// What to do with a request about an existing case.
@@ -398,32 +429,54 @@ pub fn closing_resolution(view: &CaseView) -> Option<Resolution> {
     None
 }
 
-/// What the customer is told when the case closes.
-pub fn notification(view: &CaseView, resolution: Resolution) -> String {
-    let outcome = view
-        .state
-        .promise
-        .as_ref()
-        .map(|p| p.outcome.as_str())
-        .unwrap_or("your request");
+/// Which message the customer is sent when the case closes with
+/// `resolution`.
+pub fn closing_trigger(view: &CaseView, resolution: Resolution) -> MessageTrigger {
     match resolution {
-        Resolution::PromiseKept if view.state.kept_late => {
-            format!("Done, though later than we promised: {outcome}. We are sorry for the delay.")
-        }
-        Resolution::PromiseKept => format!("Done as promised: {outcome}."),
-        Resolution::Recovered if view.state.promise_kept => {
-            format!("Done: {outcome}. We are sorry it did not go as smoothly as it should have.")
-        }
-        Resolution::Recovered => format!(
-            "We could not deliver what we promised ({outcome}), and we are sorry; we have made it up to you as agreed."
-        ),
-        Resolution::Withdrawn => {
-            "Your request was withdrawn as you asked; nothing further will be done.".to_owned()
-        }
-        Resolution::Unresolved | Resolution::Unspecified => format!(
-            "We could not deliver what we promised ({outcome}). We are sorry; your case has been handed to a specialist team who will contact you."
-        ),
+        Resolution::PromiseKept if view.state.kept_late => MessageTrigger::PromiseKeptLate,
+        Resolution::PromiseKept => MessageTrigger::PromiseKept,
+        Resolution::Recovered => MessageTrigger::ClosedRecovered,
+        Resolution::Withdrawn => MessageTrigger::ClosedWithdrawn,
+        Resolution::Unresolved | Resolution::Unspecified => MessageTrigger::ClosedUnresolved,
     }
+}
+
+/// What the customer is told when the case closes, in the words of
+/// `catalog` (the case's pinned version); `Err` when it lacks the case's
+/// service.
+pub fn notification(
+    view: &CaseView,
+    catalog: &Catalog,
+    resolution: Resolution,
+    now: DateTime<Utc>,
+) -> std::result::Result<pb::CustomerMessage, String> {
+    let opened = view.state.opened.clone().unwrap_or_default();
+    let service = catalog.service(&opened.service_code).ok_or_else(|| {
+        format!(
+            "the case was opened for service {:?}, which catalogue version {} lacks; the customer cannot be told its outcome",
+            opened.service_code,
+            catalog.version()
+        )
+    })?;
+    let deadline = view
+        .promise_made
+        .as_ref()
+        .and_then(|p| p.deadline.as_ref())
+        .map_or(now, from_timestamp);
+    let facts = CaseFacts {
+        case_id: &view.state.case_id,
+        locale: &opened.locale,
+        time_zone: &opened.time_zone,
+        deadline,
+    };
+    Ok(tell(
+        catalog,
+        service,
+        facts,
+        closing_trigger(view, resolution),
+        opened.channel,
+        None,
+    ))
 }
 
 /// Decides whether to close the case now: `customer_notified`, then
@@ -432,7 +485,11 @@ pub fn notification(view: &CaseView, resolution: Resolution) -> String {
 /// notification is not sent twice). The ids
 /// derive from the case alone (a case is closed once), so two replicas, a
 /// redelivery or a retried append all produce the same events.
-pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
+pub fn decide_close(
+    view: &CaseView,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> std::result::Result<Decision<Closed>, String> {
     // A case whose customer was told (and that is not closed yet) closes
     // with what they were told, whatever came in between.
     let told = view
@@ -441,13 +498,14 @@ pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
         .filter(|_| !view.state.is_closed())
         .and_then(|r| Resolution::try_from(r).ok());
     let Some(resolution) = told.or_else(|| closing_resolution(view)) else {
-        return Decision::default();
+        return Ok(Decision::default());
     };
     let Ok(case_id) = CaseId::parse(&view.state.case_id) else {
-        return Decision::default();
+        return Ok(Decision::default());
     };
     let channel = view.state.opened.as_ref().map_or(0, |o| o.channel);
-    let message = notification(view, resolution);
+    let told_message = notification(view, catalog, resolution, now)?;
+    let message = told_message.text.clone();
     let event = |key: &str, payload| NewEvent {
         event_id: EventId::derive(&case_id, case_id.as_str(), key),
         occurred_at: now,
@@ -466,10 +524,11 @@ pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
                 channel,
                 message: message.clone(),
                 resolution: resolution as i32,
+                customer_message: Some(told_message),
             }),
         )
     });
-    Decision {
+    Ok(Decision {
         events: notify
             .into_iter()
             .chain([event(
@@ -481,7 +540,7 @@ pub fn decide_close(view: &CaseView, now: DateTime<Utc>) -> Decision<Closed> {
             )])
             .collect(),
         effects: vec![Closed { resolution }],
-    }
+    })
 }
 
 #[cfg(test)]
@@ -511,6 +570,7 @@ mod tests {
         vec![
             Payload::CaseOpened(pb::CaseOpened {
                 channel: pb::Channel::Chat as i32,
+                service_code: "refund".into(),
                 ..Default::default()
             }),
             Payload::PromiseMade(pb::PromiseMade {
@@ -688,7 +748,7 @@ mod tests {
             all.extend(events);
             let v = view(all);
             assert_eq!(closing_resolution(&v), want, "{name}");
-            let d = decide_close(&v, Utc::now());
+            let d = decide_close(&v, &casework_catalog::sample(), Utc::now()).unwrap();
             assert_eq!(d.events.len(), if want.is_some() { 2 } else { 0 }, "{name}");
         }
     }
@@ -698,8 +758,13 @@ mod tests {
         let mut all = opened();
         all.extend([run(1), kept(false)]);
         let v = view(all);
-        let a = decide_close(&v, Utc::now());
-        let b = decide_close(&v, Utc::now() + chrono::Duration::seconds(5));
+        let a = decide_close(&v, &casework_catalog::sample(), Utc::now()).unwrap();
+        let b = decide_close(
+            &v,
+            &casework_catalog::sample(),
+            Utc::now() + chrono::Duration::seconds(5),
+        )
+        .unwrap();
         let ids = |d: &Decision<Closed>| {
             d.events
                 .iter()
@@ -711,7 +776,9 @@ mod tests {
             panic!("customer_notified first")
         };
         assert_eq!(n.channel, pb::Channel::Chat as i32);
-        assert!(n.message.contains("Money back"), "{}", n.message);
+        let told = n.customer_message.as_ref().expect("told");
+        assert_eq!(told.text, n.message);
+        assert!(told.template_id.ends_with("en.promise_kept"), "{told:?}");
         assert!(matches!(a.events[1].payload, Payload::CaseClosed(_)));
         assert_eq!(
             a.effects,
@@ -820,6 +887,8 @@ mod tests {
             attributes: Default::default(),
             idempotency_key: Some("k1".into()),
             opened_by: None,
+            locale: "de".into(),
+            time_zone: "Asia/Tokyo".into(),
         };
         let id = CaseId::derive(&cmd.tenant, "k1");
         let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
@@ -842,6 +911,19 @@ mod tests {
         assert_eq!(p.deadline, Some(timestamp(service.promise_deadline(now))));
         assert_eq!(p.deadline_rule, "3 business days");
         assert_eq!(p.calendar, "berlin_office");
+        // The customer is told the promise in their locale and time zone,
+        // and the event says which template it came from.
+        let told = p.customer_message.as_ref().expect("promise told");
+        assert_eq!(told.locale, "de");
+        assert!(told.template_id.ends_with(".de.promise_made"), "{told:?}");
+        let due = service
+            .promise_deadline(now)
+            .with_timezone(&chrono_tz::Asia::Tokyo)
+            .format("%H:%M")
+            .to_string();
+        assert!(told.text.contains(&due), "{due} in {told:?}");
+        assert!(told.text.contains("JST"), "{told:?}");
+        assert!(told.text.contains(id.as_str()), "{told:?}");
         let Payload::CaseOpened(o) = &a[0].payload else {
             panic!("case_opened first")
         };
@@ -869,6 +951,8 @@ mod tests {
             attributes: Default::default(),
             idempotency_key: None,
             opened_by: None,
+            locale: String::new(),
+            time_zone: String::new(),
         };
         let id = CaseId::derive(&cmd.tenant, "no-key");
         let opened_at = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
@@ -884,16 +968,17 @@ mod tests {
             payload: Some(e.payload.clone()),
             ..Default::default()
         };
+        let catalogs = Catalogs::new([catalog.clone()]).unwrap();
         let only_opened = CaseView::fold(&[envelope(0, &open[0])]);
         let later = opened_at + chrono::Duration::minutes(5);
-        let healed = decide_closer(&only_opened, &catalog, later).unwrap();
+        let healed = decide_closer(&only_opened, &catalogs, later).unwrap();
         assert_eq!(healed.events.len(), 1, "just the promise");
         assert_eq!(healed.events[0].event_id, open[1].event_id);
         assert_eq!(healed.events[0].payload, open[1].payload);
         // With the promise in place there is nothing to heal.
         let both = CaseView::fold(&[envelope(0, &open[0]), envelope(1, &open[1])]);
         assert!(
-            decide_closer(&both, &catalog, later)
+            decide_closer(&both, &catalogs, later)
                 .unwrap()
                 .events
                 .is_empty()
@@ -903,7 +988,7 @@ mod tests {
         if let Some(o) = unknown.state.opened.as_mut() {
             o.service_code = "retired".into();
         }
-        let err = decide_closer(&unknown, &catalog, later).unwrap_err();
+        let err = decide_closer(&unknown, &catalogs, later).unwrap_err();
         assert!(err.contains("retired"), "{err}");
     }
 
@@ -915,10 +1000,12 @@ mod tests {
         let now = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
         let mut payloads = opened();
         payloads.push(kept(false));
-        let whole = decide_close(&view(payloads.clone()), now);
+        let whole =
+            decide_close(&view(payloads.clone()), &casework_catalog::sample(), now).unwrap();
         assert_eq!(whole.events.len(), 2);
         payloads.push(whole.events[0].payload.clone());
-        let after_notice = decide_close(&view(payloads.clone()), now);
+        let after_notice =
+            decide_close(&view(payloads.clone()), &casework_catalog::sample(), now).unwrap();
         assert_eq!(after_notice.events.len(), 1);
         assert_eq!(after_notice.events[0].event_id, whole.events[1].event_id);
         assert_eq!(after_notice.events[0].payload, whole.events[1].payload);
@@ -927,12 +1014,16 @@ mod tests {
             recovery: 1,
             ..Default::default()
         }));
-        let still = decide_close(&view(payloads.clone()), now);
+        let still =
+            decide_close(&view(payloads.clone()), &casework_catalog::sample(), now).unwrap();
         assert_eq!(still.events.len(), 1);
         assert_eq!(still.events[0].event_id, whole.events[1].event_id);
         payloads.push(still.events[0].payload.clone());
         assert!(
-            decide_close(&view(payloads), now).events.is_empty(),
+            decide_close(&view(payloads), &casework_catalog::sample(), now)
+                .unwrap()
+                .events
+                .is_empty(),
             "closed once"
         );
     }

@@ -162,6 +162,7 @@ pub fn promise_to_api(p: &casework_domain::pb::PromiseMade) -> api::Promise {
         calendar: p.calendar.clone(),
         catalog_version: p.catalog_version.clone(),
         catalog_digest: p.catalog_digest.clone(),
+        customer_message: p.customer_message.clone(),
     }
 }
 

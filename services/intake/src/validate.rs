@@ -52,6 +52,11 @@ pub struct OpenCase {
     pub idempotency_key: Option<String>,
     /// Who opened the case.
     pub opened_by: Option<pb::Actor>,
+    /// The customer's locale, normalised (`de-AT`); empty: the catalogue's
+    /// default.
+    pub locale: String,
+    /// The customer's IANA time zone; empty: the promise calendar's.
+    pub time_zone: String,
 }
 
 /// A validated request about an existing case (interaction, feedback,
@@ -239,6 +244,29 @@ pub fn open_case(req: &api::OpenCaseRequest, catalog: &Catalog) -> Result<OpenCa
     }
     let idempotency_key = optional_key("idempotency_key", &req.idempotency_key)?;
     let opened_by = actor("opened_by", req.opened_by.as_ref())?;
+    let locale = if req.locale.is_empty() {
+        String::new()
+    } else {
+        casework_catalog::normalize_locale(&req.locale).ok_or_else(|| {
+            Error::invalid(
+                "locale",
+                format!(
+                    "{:?} is not a locale; give a BCP 47 language with an optional region, e.g. \"de\", \"de-AT\" or \"en-GB\" (or leave it empty for the catalogue's default, {})",
+                    req.locale.chars().take(40).collect::<String>(),
+                    catalog.default_locale()
+                ),
+            )
+        })?
+    };
+    if !req.time_zone.is_empty() && req.time_zone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(Error::invalid(
+            "time_zone",
+            format!(
+                "{:?} is not an IANA time zone; give e.g. \"Europe/Berlin\" or \"America/New_York\" (or leave it empty for the promise calendar's)",
+                req.time_zone.chars().take(60).collect::<String>()
+            ),
+        ));
+    }
     Ok(OpenCase {
         tenant,
         customer_id: req.customer_id.clone(),
@@ -249,6 +277,8 @@ pub fn open_case(req: &api::OpenCaseRequest, catalog: &Catalog) -> Result<OpenCa
         attributes: req.attributes.clone().into_iter().collect(),
         idempotency_key,
         opened_by,
+        locale,
+        time_zone: req.time_zone.clone(),
     })
 }
 
@@ -446,6 +476,8 @@ mod tests {
             attributes: [("order".to_owned(), "A-1".to_owned())].into(),
             idempotency_key: "order-A-1".into(),
             opened_by: None,
+            locale: "de_at".into(),
+            time_zone: "Europe/Vienna".into(),
         }
     }
 
@@ -454,6 +486,8 @@ mod tests {
         let c = open_case(&good(), &casework_catalog::sample()).unwrap();
         assert_eq!(c.service_code, "refund");
         assert_eq!(c.idempotency_key.as_deref(), Some("order-A-1"));
+        assert_eq!(c.locale, "de-AT", "normalised");
+        assert_eq!(c.time_zone, "Europe/Vienna");
     }
 
     #[test]
@@ -508,6 +542,18 @@ mod tests {
                 |r| r.idempotency_key = "a\nb".into(),
                 "idempotency_key",
                 "control",
+            ),
+            (|r| r.locale = "german".into(), "locale", "not a locale"),
+            (|r| r.locale = "de-AT-x".into(), "locale", "BCP 47"),
+            (
+                |r| r.time_zone = "Europe/Bxl".into(),
+                "time_zone",
+                "not an IANA time zone",
+            ),
+            (
+                |r| r.time_zone = "CEST+2".into(),
+                "time_zone",
+                "Europe/Berlin",
             ),
         ];
         for (mutate, field, hint) in cases {

@@ -112,6 +112,7 @@ fn open_req(key: &str) -> api::OpenCaseRequest {
         attributes: [("order".to_owned(), "A-100".to_owned())].into(),
         idempotency_key: key.into(),
         opened_by: None,
+        ..Default::default()
     }
 }
 
@@ -621,7 +622,14 @@ async fn the_front_stage_closes_kept_and_recovered_cases() {
     let recovery = writer_log(&nats, Writer::Recovery).await;
 
     // kept
-    let a = intake.open(open_req("kept-1")).await.unwrap();
+    let a = intake
+        .open(api::OpenCaseRequest {
+            locale: "de-DE".into(),
+            time_zone: "Europe/Berlin".into(),
+            ..open_req("kept-1")
+        })
+        .await
+        .unwrap();
     append(&fulfilment, &key(&a.case_id), kept()).await;
     let c = wait_closed(&intake, &a.case_id).await;
     assert_eq!(c.resolution, pb::Resolution::PromiseKept as i32);
@@ -636,7 +644,25 @@ async fn the_front_stage_closes_kept_and_recovered_cases() {
         "on the opening channel"
     );
     assert_eq!(n.resolution, pb::Resolution::PromiseKept as i32);
-    assert!(n.message.contains("money"), "{}", n.message);
+    // Told in German (de-DE falls back to de), from a recorded template.
+    let told = n.customer_message.as_ref().expect("customer message");
+    assert_eq!(told.text, n.message);
+    assert_eq!(told.locale, "de");
+    assert!(told.template_id.ends_with("de.promise_kept"), "{told:?}");
+    assert!(told.text.contains("Erledigt"), "{told:?}");
+    let Some(Payload::PromiseMade(p)) = &events[1].envelope.payload else {
+        panic!("promise_made second")
+    };
+    let promised = p.customer_message.as_ref().expect("promise told");
+    assert_eq!(promised.locale, "de");
+    assert!(promised.text.contains(&a.case_id), "{promised:?}");
+    let Some(Payload::CaseOpened(o)) = &events[0].envelope.payload else {
+        panic!("case_opened first")
+    };
+    assert_eq!(
+        (o.locale.as_str(), o.time_zone.as_str()),
+        ("de-DE", "Europe/Berlin")
+    );
     assert_eq!(events.len(), 6);
 
     // failed for good, recovered by recovery

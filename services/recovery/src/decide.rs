@@ -95,10 +95,11 @@
 //! Every action event carries a `reason` and `causation_id` = the triggering
 //! event's id.
 
-use casework_catalog::{RecoveryAction, RecoveryTrigger, ServiceDef};
+use casework_catalog::{Catalog, MessageTrigger, RecoveryAction, RecoveryTrigger, ServiceDef};
 use casework_domain::pb::{self, envelope::Payload};
 use casework_domain::{CaseId, EventId, NewEvent};
 use casework_runtime::reconcile::Decision;
+use casework_runtime::tell::{CaseFacts, tell};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::projection::{CompState, Projection, Recovery, RetryResult, Trigger, TriggerKind};
@@ -268,6 +269,7 @@ fn rung_key(rung: usize, what: &str) -> String {
 pub fn decide(
     p: &Projection,
     now: DateTime<Utc>,
+    catalog: &Catalog,
     service: &ServiceDef,
     budget: Budget,
 ) -> Result<Decision<Effect>, String> {
@@ -347,6 +349,19 @@ pub fn decide(
         );
     }
     let ladder = service.recovery.ladder(catalog_trigger(trigger));
+    // What the customer reads comes from the pinned catalogue's templates;
+    // `reason` stays inside.
+    let facts = CaseFacts {
+        case_id: &p.case_id,
+        locale: &p.locale,
+        time_zone: &p.time_zone,
+        deadline: promise.deadline,
+    };
+    let apology = if trigger == pb::RecoveryTrigger::PromiseBroken {
+        MessageTrigger::PromiseBroken
+    } else {
+        MessageTrigger::Apology
+    };
     let limits = &service.recovery.limits;
     let done = |w: &Writer, key: &str| {
         existing.is_some_and(|r: &Recovery| r.event_ids.contains(w.id(key).as_str()))
@@ -373,16 +388,15 @@ pub fn decide(
                     0 => pb::Channel::Email,
                     _ => pb::Channel::try_from(p.channel).unwrap_or(pb::Channel::Email),
                 });
+                let told = tell(catalog, service, facts, apology, ch as i32, None);
                 w.push(
                     &key,
                     Payload::ApologySent(pb::ApologySent {
                         recovery: number,
                         channel: ch as i32,
-                        message: format!(
-                            "We are sorry: {reason}. We are putting it right ({}).",
-                            service.name
-                        ),
+                        message: told.text.clone(),
                         reason: reason.clone(),
+                        customer_message: Some(told),
                     }),
                 );
                 apologies += 1;
@@ -394,6 +408,14 @@ pub fn decide(
                     currency: c.currency.as_str().to_owned(),
                 };
                 let grant = |w: &mut Writer, why: String| {
+                    let told = tell(
+                        catalog,
+                        service,
+                        facts,
+                        MessageTrigger::CompensationGranted,
+                        p.channel,
+                        Some(&amount),
+                    );
                     w.push(
                         &rung_key(i, "compensation_granted"),
                         Payload::CompensationGranted(pb::CompensationGranted {
@@ -401,6 +423,7 @@ pub fn decide(
                             kind: c.kind.as_str().to_owned(),
                             amount: Some(amount.clone()),
                             reason: why,
+                            customer_message: Some(told),
                         }),
                     );
                 };

@@ -83,6 +83,7 @@ impl Case {
         decide(
             &self.projection(),
             now,
+            &casework_catalog::sample(),
             &self.service,
             Budget {
                 spent_today_minor: spent,
@@ -346,6 +347,21 @@ fn a_broken_promise_runs_its_ladder_in_one_decision_after_the_breach() {
         "{}",
         apology.reason
     );
+    // The customer reads the catalogue's promise_broken wording, never the
+    // internal reason; the event says which template and locale.
+    let told = apology.customer_message.clone().expect("told");
+    assert_eq!(told.text, apology.message);
+    assert!(told.template_id.ends_with("en.promise_broken"), "{told:?}");
+    assert_eq!(told.locale, "en");
+    assert!(!told.text.contains("was not kept in time"), "{told:?}");
+    let granted = c
+        .last(|p| match p {
+            Payload::CompensationGranted(g) => Some(g.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let told = granted.customer_message.expect("told of the grant");
+    assert!(told.text.contains("EUR 10.00"), "{told:?}");
     // Every action names the broken promise as its cause.
     let broken_id = c
         .log
@@ -844,4 +860,45 @@ fn every_prefix_of_a_decision_continues_with_the_same_events() {
     );
     checked += c.checked;
     assert!(checked >= 30, "{checked} prefixes checked");
+}
+
+#[test]
+fn the_customer_is_told_in_their_locale_and_time_zone() {
+    let mut c = Case::new("refund");
+    if let Some(Payload::CaseOpened(o)) = c.log[0].payload.as_mut() {
+        o.locale = "de-AT".into();
+        o.time_zone = "America/New_York".into();
+    }
+    let now = deadline() + Duration::milliseconds(10);
+    c.run(now, 0);
+    let apology = c
+        .last(|p| match p {
+            Payload::ApologySent(a) => Some(a.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let told = apology.customer_message.expect("told");
+    assert_eq!(told.locale, "de", "de-AT falls back to de");
+    // The deadline as a New Yorker reads it, in German.
+    let local = deadline()
+        .with_timezone(&chrono_tz::America::New_York)
+        .format("%H:%M")
+        .to_string();
+    assert!(told.text.contains(&local), "{local} in {told:?}");
+    assert!(told.text.contains("EDT"), "{told:?}");
+    // The service's own German wording of its promise.
+    assert!(told.text.contains("Das Geld ist zurück"), "{told:?}");
+    let granted = c
+        .last(|p| match p {
+            Payload::CompensationGranted(g) => Some(g.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        granted
+            .customer_message
+            .expect("told")
+            .text
+            .contains("10,00\u{a0}EUR")
+    );
 }

@@ -208,6 +208,10 @@ pub struct Projection {
     pub correlation_id: String,
     /// The channel the case was opened on.
     pub channel: i32,
+    /// The locale the customer reads (as the case was opened with).
+    pub locale: String,
+    /// The customer's time zone (as the case was opened with).
+    pub time_zone: String,
     /// The promise.
     pub promise: Option<PromiseInfo>,
     /// Id of the first `promise_kept` that was on time (not late, before
@@ -296,6 +300,8 @@ impl Projection {
         match payload {
             Payload::CaseOpened(o) => {
                 self.channel = o.channel;
+                self.locale = o.locale.clone();
+                self.time_zone = o.time_zone.clone();
                 if !e.correlation_id.is_empty() {
                     self.correlation_id = e.correlation_id.clone();
                 }

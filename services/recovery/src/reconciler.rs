@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use casework_caselog::{CaseKey, CaseLog, StoredEvent};
-use casework_catalog::{Catalogs, ServiceDef};
+use casework_catalog::{Catalog, Catalogs, ServiceDef};
 use casework_runtime::held::CaseCache;
 use casework_runtime::reconcile::{
     Decision, Failure, MAX_ROUNDS, Reconciler, Rounds, decide_and_append,
@@ -43,6 +43,15 @@ pub const DEADLINE_TIMER: &str = "deadline";
 /// names, and (when the promise recorded one) the very file, by digest, as
 /// fulfilment checks it. Anything else is a reason to park the case.
 pub fn service_of<'a>(catalogs: &'a Catalogs, p: &Projection) -> Result<&'a ServiceDef, String> {
+    pinned_service(catalogs, p).map(|(_, s)| s)
+}
+
+/// The catalogue version the case is pinned to, and its service (see
+/// [`service_of`]).
+pub fn pinned_service<'a>(
+    catalogs: &'a Catalogs,
+    p: &Projection,
+) -> Result<(&'a Catalog, &'a ServiceDef), String> {
     let Some(promise) = &p.promise else {
         return Err("the case has no promise".to_owned());
     };
@@ -61,12 +70,13 @@ pub fn service_of<'a>(catalogs: &'a Catalogs, p: &Projection) -> Result<&'a Serv
             catalog.digest()
         ));
     }
-    catalog.service(&promise.service_code).ok_or_else(|| {
+    let service = catalog.service(&promise.service_code).ok_or_else(|| {
         format!(
             "catalogue version {} has no service {:?}",
             promise.catalog_version, promise.service_code
         )
-    })
+    })?;
+    Ok((catalog, service))
 }
 
 /// Recovery's reconciler.
@@ -107,7 +117,7 @@ impl RecoveryReconciler {
         if p.promise.is_none() {
             return Ok(Decision::default());
         }
-        let service = service_of(&self.catalogs, p)?;
+        let (catalog, service) = pinned_service(&self.catalogs, p)?;
         let budget = Budget {
             spent_today_minor: self.views.spent(
                 &p.tenant,
@@ -115,7 +125,7 @@ impl RecoveryReconciler {
                 service.recovery.limits.currency.as_str(),
             ),
         };
-        decide(p, now, service, budget)
+        decide(p, now, catalog, service, budget)
     }
 }
 

@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256};
 
 use crate::calendar::Calendar;
 use crate::error::{Error, Problem, Result};
+use crate::messages::{self, MessageContext, MessageTrigger, Messages, RenderedMessage};
 use crate::model::{
-    Compensation, CompensationLimits, Currency, Deadline, Handler, Promise, PurchaseStage,
+    Channel, Compensation, CompensationLimits, Currency, Deadline, Handler, Promise, PurchaseStage,
     RecoveryAction, RecoveryPolicy, RetryPolicy, ServiceDef, Step,
 };
 use crate::raw::{
@@ -40,6 +41,7 @@ pub struct Catalog {
     digest: String,
     calendars: BTreeMap<String, Arc<Calendar>>,
     services: BTreeMap<String, ServiceDef>,
+    messages: Messages,
 }
 
 impl Catalog {
@@ -56,13 +58,16 @@ impl Catalog {
         };
         let catalog = check.catalog(raw);
         match catalog {
-            Some((version, calendars, services)) if check.problems.is_empty() => Ok(Self {
-                origin: origin.to_owned(),
-                version,
-                digest: hex::encode(Sha256::digest(text.as_bytes())),
-                calendars,
-                services,
-            }),
+            Some((version, calendars, services, messages)) if check.problems.is_empty() => {
+                Ok(Self {
+                    origin: origin.to_owned(),
+                    version,
+                    digest: hex::encode(Sha256::digest(text.as_bytes())),
+                    calendars,
+                    services,
+                    messages,
+                })
+            }
             _ => Err(Error::Invalid {
                 origin: origin.to_owned(),
                 problems: check.problems,
@@ -133,6 +138,27 @@ impl Catalog {
     /// All calendars, by name.
     pub fn calendars(&self) -> impl Iterator<Item = &Calendar> {
         self.calendars.values().map(|c| &**c)
+    }
+
+    /// The catalogue's default locale for customer messages.
+    pub fn default_locale(&self) -> &str {
+        &self.messages.default_locale
+    }
+
+    /// What a customer of service `service_code` who reads `locale` is told
+    /// on `channel` for `trigger`, from the best-matching template (see the
+    /// `messages` module for the lookup order): the text, the template's id
+    /// and the locale it is in, to record in the event.
+    pub fn message(
+        &self,
+        service_code: &str,
+        trigger: MessageTrigger,
+        channel: Option<Channel>,
+        locale: &str,
+        ctx: &MessageContext<'_>,
+    ) -> RenderedMessage {
+        self.messages
+            .render(service_code, trigger, channel, locale, ctx)
     }
 }
 
@@ -248,6 +274,7 @@ type Validated = (
     CatalogVersion,
     BTreeMap<String, Arc<Calendar>>,
     BTreeMap<String, ServiceDef>,
+    Messages,
 );
 
 struct Check<'a> {
@@ -299,13 +326,21 @@ impl Check<'_> {
                 "the catalogue has no services; add at least one [services.<code>] table",
             );
         }
+        let own: Vec<(String, Option<toml::Table>)> = raw
+            .services
+            .iter()
+            .map(|(code, rs)| (code.clone(), rs.messages.clone()))
+            .collect();
+        let messages = messages::parse_messages(raw.messages.as_ref(), &own, &mut |svc, f, m| {
+            self.report(svc, f, m)
+        });
         let mut services = BTreeMap::new();
         for (code, rs) in raw.services {
             if let Some(service) = self.service(&code, rs, &calendars, &declared) {
                 services.insert(code, service);
             }
         }
-        Some((version?, calendars, services))
+        Some((version?, calendars, services, messages))
     }
 
     fn calendar(&mut self, name: &str, rc: &RawCalendar) -> Option<Calendar> {

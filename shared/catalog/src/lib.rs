@@ -64,6 +64,7 @@ mod calendar;
 mod catalog;
 mod catalogs;
 mod error;
+mod messages;
 mod model;
 mod raw;
 mod text;
@@ -73,6 +74,9 @@ pub use calendar::Calendar;
 pub use catalog::{Catalog, CatalogPin};
 pub use catalogs::Catalogs;
 pub use error::{Error, Problem, Result};
+pub use messages::{
+    MessageContext, MessageTrigger, Placeholder, RenderedMessage, normalize_locale,
+};
 pub use model::{
     Channel, Compensation, CompensationKind, CompensationLimits, Currency, Deadline, DeadlineUnit,
     Handler, Promise, PurchaseStage, RecoveryAction, RecoveryPolicy, RecoveryTrigger, RetryPolicy,

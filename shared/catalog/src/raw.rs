@@ -17,6 +17,9 @@ pub(crate) struct RawCatalog {
     #[serde(default)]
     pub calendars: BTreeMap<String, RawCalendar>,
     pub services: BTreeMap<String, RawService>,
+    /// Customer message templates (checked by `messages`).
+    #[serde(default)]
+    pub messages: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +42,9 @@ pub(crate) struct RawService {
     pub promise: RawPromise,
     pub steps: Vec<RawStep>,
     pub recovery: RawRecovery,
+    /// The service's own customer message templates.
+    #[serde(default)]
+    pub messages: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,7 @@
 //!
 //! Layout: `options`, `shutdown`, `store` (redb), `http` (health, readiness,
 //! metrics), `grpc`, `jwks` (the issuer's keys from its URL), `nats` (connect + log), `timers`, `held` (the bounded
-//! cache of case state), `reconcile` (the one decide-append loop, the
+//! cache of case state), `tell` (catalogue templates → customer messages), `reconcile` (the one decide-append loop, the
 //! per-case locks and the coalescing work queue).
 
 pub mod auth;
@@ -24,6 +24,7 @@ pub mod options;
 pub mod reconcile;
 pub mod shutdown;
 pub mod store;
+pub mod tell;
 pub mod timers;
 
 pub use options::{

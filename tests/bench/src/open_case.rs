@@ -27,6 +27,7 @@ fn request(i: usize) -> proto::OpenCaseRequest {
         attributes: [("order".to_owned(), format!("B-{i}"))].into(),
         idempotency_key: format!("bench-{i}"),
         opened_by: None,
+        ..Default::default()
     }
 }
 
