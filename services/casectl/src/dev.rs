@@ -51,6 +51,9 @@ pub struct DevArgs {
     pub duration: Option<Duration>,
     /// The demo's tenant.
     pub tenant: String,
+    /// Let the OS choose the services' gRPC and HTTP ports (tests running
+    /// beside each other); the printed addresses say which.
+    pub any_ports: bool,
 }
 
 /// Finds the nats-server binary.
@@ -200,7 +203,9 @@ fn nats_settings(port: u16, user: &str, creds: &BTreeMap<String, String>) -> Nat
 }
 
 /// Runs `casectl dev` until Ctrl-C (or `--duration`).
-pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Runs the local system (and the demo); returns, for a demo, what its
+/// summary showed and when.
+pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<Option<Shown>> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let creds = credentials(&args.data_dir)?;
@@ -236,6 +241,10 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             o.data_dir = args.data_dir.join($name);
             o.nats = nats_settings(args.nats_port, $name, &creds);
             o.catalog = catalog.clone();
+            if args.any_ports {
+                o.grpc_listen.set_port(0);
+                o.http_listen.set_port(0);
+            }
             $krate::start(o, shutdown.clone())
                 .await
                 .with_context(|| format!("starting {}", $name))?
@@ -264,6 +273,7 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     );
 
     let mut tasks = Vec::new();
+    let mut shown_board = None;
     if args.demo {
         let client = casework_runtime::nats::connect(
             &nats_settings(args.nats_port, "admin", &creds),
@@ -277,6 +287,7 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             None,
         ));
         let board = Arc::new(Mutex::new(Board::default()));
+        shown_board = Some(board.clone());
         let catalog = casework_catalog::Catalog::from_toml_str(DEMO_CATALOG, "demo/catalog.toml")?;
         let month = Duration::from_secs(30 * 86_400);
         let tenant = [args.tenant.as_str()];
@@ -315,6 +326,7 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
             demo.clone().approve_compensations(shutdown.clone()),
         ));
         tasks.push(tokio::spawn(demo.clone().give_feedback(shutdown.clone())));
+        board.lock().expect("board").started = Some(Instant::now());
         tasks.push(tokio::spawn(print_summary(board, shutdown.clone())));
     }
 
@@ -342,7 +354,45 @@ pub async fn run(args: DevArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     }
     casework_telemetry::flush();
     println!("stopped");
-    Ok(())
+    Ok(shown_board.map(|b| b.lock().expect("board").shown.clone()))
+}
+
+/// When the demo first showed each path a newcomer should see (time since
+/// the demo traffic began).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shown {
+    /// A promise kept, but after its deadline.
+    pub kept_late: Option<Duration>,
+    /// A promise broken, and the customer's apology sent.
+    pub broken_with_apology: Option<Duration>,
+    /// A compensation proposed that waits for a supervisor's approval.
+    pub awaiting_approval: Option<Duration>,
+    /// A case handed to a higher tier.
+    pub escalation: Option<Duration>,
+}
+
+impl Shown {
+    /// True once every path was shown.
+    pub fn all(&self) -> bool {
+        self.kept_late.is_some()
+            && self.broken_with_apology.is_some()
+            && self.awaiting_approval.is_some()
+            && self.escalation.is_some()
+    }
+
+    fn render(&self) -> String {
+        let mark = |what: &str, at: Option<Duration>| match at {
+            Some(d) => format!("{what} ✓ {}s", d.as_secs()),
+            None => format!("{what} …"),
+        };
+        [
+            mark("kept late", self.kept_late),
+            mark("broken+apology", self.broken_with_apology),
+            mark("awaiting approval", self.awaiting_approval),
+            mark("escalation", self.escalation),
+        ]
+        .join(", ")
+    }
 }
 
 /// What the live summary shows, folded from the log.
@@ -353,11 +403,47 @@ pub struct Board {
     events_at_last_print: u64,
     recoveries: BTreeMap<&'static str, u64>,
     feedback_given: std::collections::HashSet<CaseKey>,
+    apologised: std::collections::HashSet<CaseKey>,
+    awaiting: std::collections::HashSet<(CaseKey, String)>,
+    apologies: u64,
+    escalations: u64,
+    /// When the demo traffic began.
+    started: Option<Instant>,
+    /// What the demo has shown so far.
+    pub shown: Shown,
 }
 
 impl Board {
     fn apply(&mut self, case: CaseKey, env: &pb::Envelope) {
         self.events += 1;
+        let since = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        match &env.payload {
+            Some(Payload::ApologySent(_)) => {
+                self.apologies += 1;
+                self.apologised.insert(case.clone());
+            }
+            Some(Payload::CompensationProposed(c)) if c.requires_approval => {
+                self.awaiting
+                    .insert((case.clone(), c.compensation_id.clone()));
+                self.shown.awaiting_approval.get_or_insert(since);
+            }
+            Some(Payload::CompensationApproved(pb::CompensationApproved {
+                compensation_id,
+                ..
+            }))
+            | Some(Payload::CompensationDeclined(pb::CompensationDeclined {
+                compensation_id,
+                ..
+            })) => {
+                self.awaiting
+                    .remove(&(case.clone(), compensation_id.clone()));
+            }
+            Some(Payload::CaseEscalated(_)) => {
+                self.escalations += 1;
+                self.shown.escalation.get_or_insert(since);
+            }
+            _ => {}
+        }
         if let Some(Payload::RecoveryCompleted(r)) = &env.payload {
             let outcome = match pb::RecoveryOutcome::try_from(r.outcome) {
                 Ok(pb::RecoveryOutcome::Recovered) => "recovered",
@@ -367,8 +453,14 @@ impl Board {
             };
             *self.recoveries.entry(outcome).or_default() += 1;
         }
-        let state = self.cases.remove(&case).unwrap_or_default();
-        self.cases.insert(case, evolve(state, env));
+        let state = evolve(self.cases.remove(&case).unwrap_or_default(), env);
+        if state.kept_late {
+            self.shown.kept_late.get_or_insert(since);
+        }
+        if state.promise_broken && self.apologised.contains(&case) {
+            self.shown.broken_with_apology.get_or_insert(since);
+        }
+        self.cases.insert(case, state);
     }
 
     /// The summary as text.
@@ -397,15 +489,19 @@ impl Board {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         format!(
-            "cases {} [{}] | promises kept {kept}, kept late {late}, broken {broken} | recoveries [{}] | events {} ({rate:.1}/s)",
+            "cases {} [{}] | promises kept {kept}, kept late {late}, broken {broken} | apologies {}, awaiting approval {}, escalations {} | recoveries [{}] | events {} ({rate:.1}/s) | shown: {}",
             self.cases.len(),
             statuses.join(", "),
+            self.apologies,
+            self.awaiting.len(),
+            self.escalations,
             if recoveries.is_empty() {
                 "none yet".to_owned()
             } else {
                 recoveries.join(", ")
             },
             self.events,
+            self.shown.render(),
         )
     }
 }
@@ -536,14 +632,19 @@ impl Demo {
             n += 1;
             let (code, summary, channel, customer, withdraw) = {
                 let mut rng = rand::rng();
-                let (code, summary) = *SUMMARIES.choose(&mut rng).expect("summaries");
+                // Every service once first, so the first minute shows them
+                // all; then at random.
+                let (code, summary) = match SUMMARIES.get((n - 1) as usize) {
+                    Some(first) => *first,
+                    None => *SUMMARIES.choose(&mut rng).expect("summaries"),
+                };
                 let channel = *channels().choose(&mut rng).expect("channels");
                 (
                     code,
                     summary,
                     channel,
                     format!("cust-{:04}", rng.random_range(1..500)),
-                    rng.random_bool(0.03),
+                    n > SUMMARIES.len() as u64 && rng.random_bool(0.03),
                 )
             };
             let Some(service) = self.catalog.service(code) else {
@@ -608,6 +709,12 @@ impl Demo {
             return;
         };
         let (kinds, _) = self.task_kinds();
+        // Some refunds cannot be paid out whatever is tried (the card
+        // account was closed): the first refund the demo sees and about
+        // one in six after it. Their step fails for good, the retry fails
+        // again, and the case is escalated.
+        let mut doomed = std::collections::HashSet::new();
+        let mut refunds_seen = std::collections::HashSet::new();
         loop {
             let poll = client.poll_tasks(api::PollTasksRequest {
                 worker_id: "demo-worker".to_owned(),
@@ -624,6 +731,24 @@ impl Demo {
                 continue;
             };
             for task in resp.into_inner().tasks {
+                if task.kind == "payment_refund" && refunds_seen.insert(task.case_id.clone()) {
+                    let k = refunds_seen.len();
+                    if k == 1 || k % 6 == 0 {
+                        doomed.insert(task.case_id.clone());
+                    }
+                }
+                if doomed.contains(&task.case_id) {
+                    let _ = client
+                        .fail_task(api::FailTaskRequest {
+                            token: task.token,
+                            error: "card account closed: the payment was refused".to_owned(),
+                            retryable: false,
+                            worker_id: "demo-worker".to_owned(),
+                        })
+                        .await
+                        .inspect_err(|e| eprintln!("demo: fail task: {}", e.message()));
+                    continue;
+                }
                 let fail = rand::rng().random_bool(0.08);
                 if fail {
                     let _ = client
@@ -631,9 +756,10 @@ impl Demo {
                             token: task.token,
                             error: "upstream system timed out".to_owned(),
                             retryable: true,
-                            ..Default::default()
+                            worker_id: "demo-worker".to_owned(),
                         })
-                        .await;
+                        .await
+                        .inspect_err(|e| eprintln!("demo: fail task: {}", e.message()));
                 } else {
                     let _ = client
                         .complete_task(api::CompleteTaskRequest {
@@ -662,6 +788,9 @@ impl Demo {
             return;
         };
         let (_, queues) = self.task_kinds();
+        // The first question the specialists see is one of the slow ones,
+        // so its promise breaks (and is kept late) in the first minute.
+        let mut first_case: Option<String> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -686,13 +815,15 @@ impl Demo {
                         .as_ref()
                         .map(casework_caselog::domain::chain::from_timestamp)
                         .unwrap_or_else(chrono::Utc::now);
-                    let slow = task
-                        .token
-                        .bytes()
-                        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                        % 10
-                        < 3;
-                    let think = chrono::Duration::seconds(if slow { 75 } else { 3 });
+                    let first = first_case.get_or_insert_with(|| task.case_id.clone());
+                    let slow = *first == task.case_id
+                        || task
+                            .case_id
+                            .bytes()
+                            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+                            % 10
+                            < 3;
+                    let think = chrono::Duration::seconds(if slow { 30 } else { 3 });
                     if chrono::Utc::now() - started < think {
                         continue;
                     }
@@ -739,6 +870,16 @@ impl Demo {
                 continue;
             };
             for p in resp.into_inner().approvals {
+                // A supervisor gets to it after a while, so the summary
+                // shows compensations waiting.
+                let proposed = p
+                    .proposed_at
+                    .as_ref()
+                    .map(casework_caselog::domain::chain::from_timestamp)
+                    .unwrap_or_else(chrono::Utc::now);
+                if chrono::Utc::now() - proposed < chrono::Duration::seconds(20) {
+                    continue;
+                }
                 let approver = Some(api::Approver {
                     id: "sup-7".to_owned(),
                     display_name: "Sam Supervisor".to_owned(),

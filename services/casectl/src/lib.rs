@@ -547,6 +547,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Opti
                 rate: a.rate,
                 duration: a.duration.map(std::time::Duration::from_secs),
                 tenant: a.demo_tenant,
+                any_ports: false,
             };
             dev::run(args, casework_runtime::shutdown::on_signals())
                 .await

@@ -108,6 +108,9 @@ impl fmt::Display for Currency {
 /// The unit of a promise deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadlineUnit {
+    /// Real seconds (demos and tests; a service promise is rarely this
+    /// tight).
+    Seconds,
     /// Real minutes.
     Minutes,
     /// Real hours.
@@ -134,6 +137,7 @@ impl DeadlineUnit {
 
     fn words(self) -> (&'static str, &'static str) {
         match self {
+            Self::Seconds => ("second", "seconds"),
             Self::Minutes => ("minute", "minutes"),
             Self::Hours => ("hour", "hours"),
             Self::Days => ("day", "days"),
@@ -146,7 +150,7 @@ impl DeadlineUnit {
 
 /// How long the promise gives: an amount of a unit, e.g. `4 business hours`.
 ///
-/// Parsed from `"<n> [business] minutes|hours|days"` (singular or plural,
+/// Parsed from `"<n> seconds"` or `"<n> [business] minutes|hours|days"` (singular or plural,
 /// optionally preceded by `within`); `Display` writes it back in that form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Deadline {
@@ -181,6 +185,7 @@ impl FromStr for Deadline {
         };
         let amount: u32 = amount.parse().map_err(|_| bad())?;
         let unit = match (business, unit) {
+            (false, "second" | "seconds") => DeadlineUnit::Seconds,
             (false, "minute" | "minutes") => DeadlineUnit::Minutes,
             (false, "hour" | "hours") => DeadlineUnit::Hours,
             (false, "day" | "days") => DeadlineUnit::Days,
@@ -234,6 +239,7 @@ impl Promise {
             None => elapsed(seconds),
         };
         match self.deadline.unit {
+            DeadlineUnit::Seconds => elapsed(1),
             DeadlineUnit::Minutes => elapsed(60),
             DeadlineUnit::Hours => elapsed(3600),
             DeadlineUnit::Days => elapsed(86_400),
@@ -497,6 +503,8 @@ mod tests {
             ("2 business days", 2, BusinessDays),
             ("90 business minutes", 90, BusinessMinutes),
             ("30 minutes", 30, Minutes),
+            ("20 seconds", 20, Seconds),
+            ("1 second", 1, Seconds),
             ("48 hours", 48, Hours),
             ("3 days", 3, Days),
             ("within 4 business hours", 4, BusinessHours),
