@@ -33,7 +33,7 @@ pub struct ReplayArgs {
 
 /// `verify`.
 #[derive(Debug, Clone, Args)]
-#[command(group = clap::ArgGroup::new("what").required(true).args(["case", "all", "bundle"]))]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["case", "all", "bundle", "consistency"]))]
 pub struct VerifyArgs {
     /// The case: TENANT/CASE_ID, or CASE_ID with --tenant.
     #[arg(value_name = "CASE")]
@@ -44,9 +44,44 @@ pub struct VerifyArgs {
     /// An evidence bundle file, verified offline (no server).
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
+    /// The ledger's checkpoint public key (`<origin>+<id>+<key>`, or
+    /// @FILE): with --bundle, the bundle's signed checkpoint and every
+    /// event's inclusion proof are verified too; with --consistency, both
+    /// checkpoints' signatures.
+    #[arg(long, value_name = "KEY")]
+    pub public_key: Option<String>,
+    /// Two signed checkpoint files (OLD NEW, e.g. saved from `casectl
+    /// checkpoint`): asks the ledger for the consistency proof and checks
+    /// that the log at NEW only extends the log at OLD.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    pub consistency: Option<Vec<PathBuf>>,
     /// Only verify the ledger's archive, not the stream.
     #[arg(long)]
     pub archive_only: bool,
+}
+
+/// `checkpoint`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckpointArgs {
+    /// Have the ledger sign a checkpoint of the log as it is now first.
+    #[arg(long)]
+    pub now: bool,
+    /// Also write the signed note to this file (for `verify --consistency`).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `keygen`.
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// The log's origin, also the key's name (the ledger's
+    /// `checkpoint_origin`), e.g. casework.example/ledger.
+    #[arg(long)]
+    pub origin: String,
+    /// Where to write the private key (readable by its owner only); it
+    /// must not exist yet.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
 }
 
 /// `export`.
@@ -305,11 +340,27 @@ fn verification_json(v: &api::CaseVerification) -> serde_json::Value {
     })
 }
 
-/// `casectl verify --bundle FILE` (offline).
-pub fn verify_bundle(path: &std::path::Path) -> Result<Report> {
+/// The verifier key of `--public-key` (the key, or @FILE holding it).
+pub fn public_key(arg: &str) -> Result<casework_tlog::note::NoteVerifier> {
+    let text = match arg.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| Error::Usage(format!("--public-key @{file}: cannot read it: {e}")))?,
+        None => arg.to_owned(),
+    };
+    casework_tlog::note::NoteVerifier::from_vkey(text.trim()).map_err(|e| {
+        Error::Usage(format!(
+            "--public-key: not a checkpoint verifier key ({e}); it looks like <origin>+<8 hex>+<base64>, as `casectl checkpoint` prints"
+        ))
+    })
+}
+
+/// `casectl verify --bundle FILE [--public-key K]` (offline).
+pub fn verify_bundle(path: &std::path::Path, key: Option<&str>) -> Result<Report> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
-    let c = bundle::check(&bytes).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    let key = key.map(public_key).transpose()?;
+    let c = bundle::check(&bytes, key.as_ref())
+        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
     let b = &c.bundle;
     let mut text = format!(
         "bundle {} — case {}/{}, {} events, exported {} by {} {}\n",
@@ -342,6 +393,29 @@ pub fn verify_bundle(path: &std::path::Path) -> Result<Report> {
     for p in &c.problems {
         text.push_str(&format!("problem: {p}\n"));
     }
+    match &c.transparency {
+        None => text.push_str(
+            "transparency log: not checked (give --public-key to verify the signed checkpoint and every inclusion proof)\n",
+        ),
+        Some(t) => {
+            if let Some(cp) = &t.checkpoint {
+                text.push_str(&format!(
+                    "checkpoint signed by {}: {} leaves, root {}\n",
+                    cp.origin,
+                    cp.size,
+                    hex::encode(cp.root)
+                ));
+            }
+            text.push_str(&format!(
+                "inclusion: {} of {} events proven in the signed log\n",
+                t.proven,
+                b.events.len()
+            ));
+            for p in &t.problems {
+                text.push_str(&format!("problem: {p}\n"));
+            }
+        }
+    }
     let json = json!({
         "bundle": path.display().to_string(),
         "tenant": b.tenant,
@@ -350,6 +424,12 @@ pub fn verify_bundle(path: &std::path::Path) -> Result<Report> {
         "intact": c.is_intact(),
         "first_break": bundle::BundleVerdict::from_verification(&c.verification).first_break,
         "problems": c.problems,
+        "transparency": c.transparency.as_ref().map(|t| json!({
+            "tree_size": t.checkpoint.as_ref().map(|cp| cp.size),
+            "root_hash": t.checkpoint.as_ref().map(|cp| hex::encode(cp.root)),
+            "proven": t.proven,
+            "problems": t.problems,
+        })),
     });
     Ok(Report {
         text,
@@ -361,7 +441,10 @@ pub fn verify_bundle(path: &std::path::Path) -> Result<Report> {
 /// `casectl verify`.
 pub async fn verify(url: &Target, tenant: Option<&str>, a: VerifyArgs) -> Result<Report> {
     if let Some(path) = &a.bundle {
-        return verify_bundle(path);
+        return verify_bundle(path, a.public_key.as_deref());
+    }
+    if let Some(files) = &a.consistency {
+        return verify_consistency(url, &files[0], &files[1], a.public_key.as_deref()).await;
     }
     let mut cl = client(url).await?;
     if a.all {
@@ -517,4 +600,143 @@ pub async fn tail(
         writeln!(out, "{line}").map_err(|e| Error::Failed(e.to_string()))?;
         n += 1;
     }
+}
+
+/// `casectl verify --consistency OLD NEW --public-key K`: both checkpoints
+/// signed by K, and the ledger's consistency proof between them verified
+/// here (the ledger is not trusted for the verdict).
+pub async fn verify_consistency(
+    url: &Target,
+    old: &std::path::Path,
+    new: &std::path::Path,
+    key: Option<&str>,
+) -> Result<Report> {
+    use casework_tlog::{merkle, note};
+    let key = public_key(key.ok_or_else(|| {
+        Error::Usage("--consistency needs --public-key (the ledger's checkpoint key)".to_owned())
+    })?)?;
+    let open = |p: &std::path::Path| -> Result<note::Checkpoint> {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", p.display())))?;
+        note::open_checkpoint(&key, &text)
+            .map_err(|e| Error::Usage(format!("{}: {e}", p.display())))
+    };
+    let (a, b) = (open(old)?, open(new)?);
+    if a.size > b.size {
+        return Err(Error::Usage(format!(
+            "{} has {} leaves, more than {} ({}); give the older checkpoint first",
+            old.display(),
+            a.size,
+            new.display(),
+            b.size
+        )));
+    }
+    let proof = client(url)
+        .await?
+        .get_consistency_proof(api::GetConsistencyProofRequest {
+            old_size: a.size,
+            new_size: b.size,
+        })
+        .await
+        .map_err(|e| Error::from_status("consistency proof", e))?
+        .into_inner();
+    let path: Option<Vec<merkle::Hash>> = proof
+        .path
+        .iter()
+        .map(|h| h.as_slice().try_into().ok())
+        .collect();
+    let verdict = match path {
+        None => Err("the proof is not a list of SHA-256 hashes".to_owned()),
+        Some(path) => merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &path)
+            .map_err(|e| e.to_string()),
+    };
+    let text = match &verdict {
+        Ok(()) => format!(
+            "consistent: the log of {} leaves (root {}) only extends the log of {} leaves (root {})\n",
+            b.size,
+            hex::encode(b.root),
+            a.size,
+            hex::encode(a.root)
+        ),
+        Err(e) => format!(
+            "INCONSISTENT: the log of {} leaves does not extend the log of {} leaves: {e}\n",
+            b.size, a.size
+        ),
+    };
+    let problem = verdict.is_err();
+    Ok(Report {
+        text,
+        json: json!({
+            "old_size": a.size, "new_size": b.size,
+            "consistent": !problem,
+            "problem": verdict.err(),
+        }),
+        problem,
+    })
+}
+
+/// `casectl checkpoint`.
+pub async fn checkpoint(url: &Target, a: CheckpointArgs) -> Result<Report> {
+    let cp = client(url)
+        .await?
+        .get_checkpoint(api::GetCheckpointRequest {
+            tree_size: 0,
+            sign_now: a.now,
+        })
+        .await
+        .map_err(|e| Error::from_status("checkpoint", e))?
+        .into_inner();
+    if let Some(path) = &a.output {
+        std::fs::write(path, &cp.note)
+            .map_err(|e| Error::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(Report::ok(
+        format!(
+            "{}\npublic key: {}\n{}",
+            cp.note.trim_end(),
+            cp.public_key,
+            a.output
+                .as_ref()
+                .map(|p| format!("saved to {}\n", p.display()))
+                .unwrap_or_default()
+        ),
+        json!({
+            "origin": cp.origin,
+            "tree_size": cp.tree_size,
+            "root_hash": hex::encode(&cp.root_hash),
+            "public_key": cp.public_key,
+            "note": cp.note,
+        }),
+    ))
+}
+
+/// `casectl keygen`.
+pub fn keygen(a: KeygenArgs) -> Result<Report> {
+    let mut seed = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut seed);
+    let signer = casework_tlog::note::NoteSigner::new(&a.origin, seed)
+        .map_err(|e| Error::Usage(format!("--origin {:?}: {e}", a.origin)))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&a.output).map_err(|e| {
+        Error::Usage(format!(
+            "cannot create {} ({e}); choose a file that does not exist yet",
+            a.output.display()
+        ))
+    })?;
+    std::io::Write::write_all(&mut f, format!("{}\n", signer.skey()).as_bytes())
+        .map_err(|e| Error::Failed(format!("writing {}: {e}", a.output.display())))?;
+    let vkey = signer.verifier().vkey();
+    Ok(Report::ok(
+        format!(
+            "private key written to {} (keep it secret; mount it as the ledger's checkpoint_key_file)\npublic key: {vkey}\n",
+            a.output.display()
+        ),
+        json!({ "file": a.output.display().to_string(), "public_key": vkey }),
+    ))
 }

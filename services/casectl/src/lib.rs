@@ -122,6 +122,10 @@ Examples:\n  casectl replay acme/01JD8X3V5R6M2Q4T7W9Y0Z1A2B\n  casectl replay ac
         after_help = "Example:\n  casectl export acme/01JD8X3V5R6M2Q4T7W9Y0Z1A2B -o case.bundle.json"
     )]
     Export(ledger::ExportArgs),
+    /// Print the ledger's latest signed checkpoint (C2SP signed note) and
+    /// its public key; save it to check later that the log only grew
+    /// (`verify --consistency OLD NEW`).
+    Checkpoint(ledger::CheckpointArgs),
     /// Follow live events (until Ctrl-C), filtered; each line carries its
     /// position, which `--from` resumes after with no gap and no duplicate.
     #[command(
@@ -152,6 +156,13 @@ Examples:\n  export CASEWORK_TOKEN=$(casectl token --tenant acme --role agent --
 casectl token --tenant '*' --role admin --subject ops --ttl 8h"
     )]
     Token(TokenCli),
+    /// Make a checkpoint signing key for a ledger: writes the private key
+    /// (for the ledger's `checkpoint_key_file` or Kubernetes Secret) and
+    /// prints the public key auditors verify with.
+    #[command(
+        after_help = "Example:\n  casectl keygen --origin casework.example/ledger -o checkpoint.key"
+    )]
+    Keygen(ledger::KeygenArgs),
 }
 
 /// Arguments of `casectl token`.
@@ -516,6 +527,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Opti
         Command::Replay(a) => ledger::replay(&ledger, tenant, a).await.map(Some),
         Command::Verify(a) => ledger::verify(&ledger, tenant, a).await.map(Some),
         Command::Export(a) => ledger::export(&ledger, tenant, a).await.map(Some),
+        Command::Checkpoint(a) => ledger::checkpoint(&ledger, a).await.map(Some),
         Command::Tail(a) => {
             let ctrl_c = async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -523,6 +535,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Opti
             ledger::tail(&ledger, tenant, a, cli.json, out, ctrl_c).await?;
             Ok(None)
         }
+        Command::Keygen(a) => ledger::keygen(a).map(Some),
         Command::Token(a) => {
             let token = mint_token(&a)?;
             writeln!(out, "{token}").map_err(|e| Error::Failed(e.to_string()))?;

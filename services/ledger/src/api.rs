@@ -34,6 +34,7 @@ pub struct LedgerApi {
     pub(crate) log: Arc<dyn CaseLog>,
     pub(crate) catalogs: Arc<Catalogs>,
     pub(crate) checkpoint: watch::Receiver<u64>,
+    pub(crate) checkpoints: crate::signer::CheckpointSigner,
     pub(crate) max_page_size: u32,
     pub(crate) subscribe_batch: usize,
     pub(crate) subscriptions: Subscriptions,
@@ -537,17 +538,66 @@ impl Ledger for LedgerApi {
         )?;
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
-            let archive = self.archive.clone();
+            // The events, their proofs and the checkpoint they are against,
+            // from one snapshot of the archive (again if the case grew
+            // between the two reads).
+            let mut got = None;
+            for _ in 0..5 {
+                let archive = self.archive.clone();
+                let k = key.clone();
+                let (evidence, at_snapshot) = read_blocking(move || {
+                    archive.case_evidence(k.tenant.as_str(), k.case_id.as_str())
+                })
+                .await?;
+                let archive = self.archive.clone();
+                let k = key.clone();
+                let (rec, rows) = read_blocking(move || all_rows(&archive, &k)).await?;
+                if rec.events == at_snapshot {
+                    got = Some((evidence, rec, rows));
+                    break;
+                }
+            }
+            let (evidence, rec, rows) = got.ok_or_else(|| {
+                Error::Unavailable(
+                    "the case kept growing while it was exported; try again".to_owned(),
+                )
+            })?;
+            let note = self.checkpoints.sign(evidence.head).await?;
+            let public_key = self.checkpoints.verifier().vkey();
             let catalogs = self.catalogs.clone();
             read_blocking(move || -> Result<_> {
-                let (rec, rows) = all_rows(&archive, &key)?;
                 let catalog = catalog_of(&rows, &catalogs);
+                let proofs = evidence
+                    .inclusion
+                    .iter()
+                    .map(|(i, path)| {
+                        Some(bundle::BundleInclusion {
+                            leaf_index: *i,
+                            path: path.iter().map(hex::encode).collect(),
+                        })
+                    })
+                    .collect();
+                let transparency = Some((
+                    bundle::BundleCheckpoint {
+                        note,
+                        tree_size: evidence.head.size,
+                        root_hash: hex::encode(evidence.head.root),
+                        public_key,
+                        case_map: Some(bundle::BundleCaseMap {
+                            map_root: hex::encode(evidence.head.map_root),
+                            present: hex::encode(evidence.map_proof.present),
+                            hashes: evidence.map_proof.hashes.iter().map(hex::encode).collect(),
+                        }),
+                    },
+                    proofs,
+                ));
                 let b = bundle::build(
                     key.tenant.as_str(),
                     key.case_id.as_str(),
                     &rows,
                     &rec,
                     catalog,
+                    transparency,
                 );
                 let json = serde_json::to_vec_pretty(&b)
                     .map_err(|e| Error::Internal(format!("bundle: {e}")))?;
@@ -559,6 +609,99 @@ impl Ledger for LedgerApi {
             .await
         };
         run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<api::GetCheckpointRequest>,
+    ) -> Result<Response<api::SignedCheckpoint>, Status> {
+        Caller::of(&request)?;
+        let req = request.into_inner();
+        let run = async {
+            if req.sign_now {
+                self.checkpoints.sign_if_grown().await?;
+            }
+            self.signed_checkpoint(req.tree_size).await
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<api::GetInclusionProofRequest>,
+    ) -> Result<Response<api::InclusionProof>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let key = case_key(&req.tenant, &req.case_id).map_err(to_status)?;
+        caller.for_tenant(&key.tenant)?;
+        let run = async {
+            let checkpoint = self.signed_checkpoint(req.tree_size).await?;
+            let archive = self.archive.clone();
+            let size = checkpoint.tree_size;
+            let (index, leaf, path) = read_blocking(move || -> Result<_> {
+                let index = archive
+                    .leaf_index(key.tenant.as_str(), key.case_id.as_str(), req.case_position)?
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "event #{} of case {}/{} is not archived",
+                            req.case_position, key.tenant, key.case_id
+                        ))
+                    })?;
+                if index >= size {
+                    return Err(Error::NotFound(format!(
+                        "event #{} of case {}/{} was archived after the checkpoint of {size} leaves; ask for a later checkpoint",
+                        req.case_position, key.tenant, key.case_id
+                    )));
+                }
+                Ok((index, archive.leaf_hash(index)?, archive.inclusion_proof(index, size)?))
+            })
+            .await?;
+            Ok(api::InclusionProof {
+                leaf_index: index,
+                tree_size: size,
+                leaf_hash: leaf.to_vec(),
+                path: path.iter().map(|h| h.to_vec()).collect(),
+                checkpoint: Some(checkpoint),
+            })
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<api::GetConsistencyProofRequest>,
+    ) -> Result<Response<api::ConsistencyProof>, Status> {
+        Caller::of(&request)?;
+        let req = request.into_inner();
+        if req.old_size == 0 || req.old_size > req.new_size {
+            return Err(to_status(Error::InvalidArgument {
+                field: "old_size",
+                why: format!(
+                    "{} must be above 0 and at most new_size ({})",
+                    req.old_size, req.new_size
+                ),
+            }));
+        }
+        let archive = self.archive.clone();
+        let run = read_blocking(move || -> Result<_> {
+            for size in [req.old_size, req.new_size] {
+                if archive.signed(size)?.is_none() {
+                    return Err(Error::NotFound(format!(
+                        "the ledger signed no checkpoint of {size} leaves; use the tree sizes of two signed checkpoints"
+                    )));
+                }
+            }
+            archive.consistency_proof(req.old_size, req.new_size)
+        });
+        run.await
+            .map(|path| {
+                Response::new(api::ConsistencyProof {
+                    old_size: req.old_size,
+                    new_size: req.new_size,
+                    path: path.iter().map(|h| h.to_vec()).collect(),
+                })
+            })
+            .map_err(to_status)
     }
 
     type SubscribeStream = ServerStream<api::SubscribeResponse>;
@@ -707,6 +850,31 @@ fn supervise<T: Send + 'static>(
                 .await;
         }
     });
+}
+
+impl LedgerApi {
+    /// The signed checkpoint of `size` leaves (0: the latest).
+    pub(crate) async fn signed_checkpoint(&self, size: u64) -> Result<api::SignedCheckpoint> {
+        let archive = self.archive.clone();
+        let found = read_blocking(move || archive.signed(size)).await?;
+        let Some((size, note)) = found else {
+            return Err(Error::NotFound(if size == 0 {
+                "the ledger has signed no checkpoint yet (the log is empty, or the first interval has not passed); ask with sign_now".to_owned()
+            } else {
+                format!("the ledger signed no checkpoint of {size} leaves; ask for 0 (the latest)")
+            }));
+        };
+        let verifier = self.checkpoints.verifier();
+        let cp = casework_tlog::note::open_checkpoint(&verifier, &note)
+            .map_err(|e| Error::Internal(format!("a stored checkpoint does not open: {e}")))?;
+        Ok(api::SignedCheckpoint {
+            note,
+            origin: cp.origin,
+            tree_size: size,
+            root_hash: cp.root.to_vec(),
+            public_key: verifier.vkey(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,10 @@ use casework_domain::{BrokenLink, CaseId, ChainTip, LinkFault, RawEvent, Tenant,
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::tables::{BY_STREAM, BY_TIME, BY_TYPE, CASES, CHECKPOINT, EVENTS, META};
+use crate::tables::{
+    BY_STREAM, BY_TIME, BY_TYPE, CASES, CHECKPOINT, EVENTS, META, TLOG_LEAF_OF, TLOG_MAP,
+    TLOG_NODES, TLOG_SIGNED, TLOG_SIZE,
+};
 use crate::{Error, Result};
 
 /// A chain break as recorded while archiving.
@@ -224,9 +227,24 @@ impl Archive {
             tx.open_table(BY_TYPE)?;
             tx.open_table(CASES)?;
             tx.open_table(META)?;
+            tx.open_table(TLOG_NODES)?;
+            tx.open_table(TLOG_LEAF_OF)?;
+            tx.open_table(TLOG_SIGNED)?;
+            tx.open_table(TLOG_MAP)?;
         }
         tx.commit()?;
+        let added = crate::tlog::backfill(&db)?;
+        if added > 0 {
+            tracing::info!(
+                leaves = added,
+                "transparency log: leaves added for events archived before it"
+            );
+        }
         Ok(Self { db })
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
     }
 
     /// The last stream sequence archived (0: none).
@@ -249,7 +267,10 @@ impl Archive {
             let mut by_time = tx.open_table(BY_TIME)?;
             let mut by_type = tx.open_table(BY_TYPE)?;
             let mut cases = tx.open_table(CASES)?;
+            let mut nodes = tx.open_table(TLOG_NODES)?;
+            let mut leaf_of = tx.open_table(TLOG_LEAF_OF)?;
             let mut checkpoint = meta.get(CHECKPOINT)?.map(|v| v.value()).unwrap_or(0);
+            let mut tree_size = meta.get(TLOG_SIZE)?.map(|v| v.value()).unwrap_or(0);
             let mut heads: HashMap<(String, String), CaseRecord> = HashMap::new();
             for raw in batch {
                 if raw.stream_seq <= checkpoint {
@@ -313,6 +334,13 @@ impl Archive {
                     (raw.stream_seq, raw.subject.as_str(), raw.bytes.as_slice()),
                 )?;
                 by_stream.insert(raw.stream_seq, (raw.subject.as_str(), position))?;
+                crate::tlog::append_leaf(
+                    &mut nodes,
+                    &mut leaf_of,
+                    &mut tree_size,
+                    (tenant.as_str(), case_id.as_str(), position),
+                    &hash,
+                )?;
                 by_type.insert((event_type.as_str(), raw.stream_seq), ())?;
                 let at = envelope
                     .as_ref()
@@ -336,7 +364,15 @@ impl Archive {
                     .map_err(|e| Error::Internal(format!("case record: {e}")))?;
                 cases.insert((tenant.as_str(), case_id.as_str()), json.as_str())?;
             }
+            let mut case_map = tx.open_table(TLOG_MAP)?;
+            crate::tlog::set_heads(
+                &mut case_map,
+                heads
+                    .iter()
+                    .map(|((t, c), rec)| (t.as_str(), c.as_str(), rec)),
+            )?;
             meta.insert(CHECKPOINT, checkpoint)?;
+            meta.insert(TLOG_SIZE, tree_size)?;
             report.checkpoint = checkpoint;
         }
         casework_runtime::store::commit(tx);

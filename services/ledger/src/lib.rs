@@ -10,7 +10,9 @@
 //! incremental chain verification, and the reads), `ingest` (the tail loop,
 //! readiness, metrics), `api` (the gRPC service), `convert` (domain →
 //! API messages, envelope → proto3 JSON), `bundle` (evidence bundles and
-//! their offline check), `position` (opaque position and page tokens),
+//! their offline check), `position` (opaque position and page tokens), `tlog` (the transparency log's
+//! leaves, proofs and signed checkpoints in the archive), `signer` (the
+//! checkpoint key and the signing loop),
 //! `error` (the one error enum and its gRPC mapping).
 
 pub mod api;
@@ -20,7 +22,9 @@ pub mod convert;
 pub mod error;
 pub mod ingest;
 pub mod position;
+pub mod signer;
 pub mod tables;
+pub mod tlog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +75,16 @@ pub struct LedgerSettings {
     /// Most subscriptions open at once per caller (token subject or mapped
     /// certificate); one more is refused RESOURCE_EXHAUSTED.
     pub max_subscriptions_per_caller: usize,
+    /// The transparency log's origin: the first line of every checkpoint
+    /// and the name of the signing key (a schema-less URL naming this log,
+    /// e.g. `casework.example.com/ledger/prod`).
+    pub checkpoint_origin: String,
+    /// The Ed25519 checkpoint signing key (`PRIVATE+KEY+…`, one line);
+    /// default `<data_dir>/checkpoint.key`, created when absent. In
+    /// Kubernetes, a Secret mounted read-only.
+    pub checkpoint_key_file: Option<std::path::PathBuf>,
+    /// How often a checkpoint of the grown log is signed and published.
+    pub checkpoint_interval_seconds: u64,
 }
 
 impl Default for LedgerSettings {
@@ -82,6 +96,9 @@ impl Default for LedgerSettings {
             subscribe_buffer: 64,
             subscribe_stall_seconds: 30,
             max_subscriptions_per_caller: 16,
+            checkpoint_origin: "casework.local/ledger".to_owned(),
+            checkpoint_key_file: None,
+            checkpoint_interval_seconds: 10,
         }
     }
 }
@@ -117,6 +134,18 @@ impl Validate for LedgerSettings {
             p.push(format!(
                 "subscribe_stall_seconds: {} must be between 1 and 3600",
                 self.subscribe_stall_seconds
+            ));
+        }
+        let o = &self.checkpoint_origin;
+        if o.is_empty() || o.chars().any(|c| c.is_whitespace() || c == '+') || o.len() > 200 {
+            p.push(format!(
+                "checkpoint_origin: {o:?} must be 1–200 characters without spaces or '+', e.g. \"casework.example.com/ledger/prod\""
+            ));
+        }
+        if !(1..=86_400).contains(&self.checkpoint_interval_seconds) {
+            p.push(format!(
+                "checkpoint_interval_seconds: {} must be between 1 and 86400",
+                self.checkpoint_interval_seconds
             ));
         }
         if !(1..=10_000).contains(&self.max_subscriptions_per_caller) {
@@ -161,6 +190,14 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         .await
         .map_err(damaged)?;
     let catalogs = Arc::new(casework_runtime::load_catalogs(&options.catalog)?);
+    let key_file = options
+        .service
+        .checkpoint_key_file
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("checkpoint.key"));
+    let key = signer::load_or_create_key(&key_file, &options.service.checkpoint_origin)?;
+    let checkpoints = signer::CheckpointSigner::new(key, archive.clone());
+    tracing::info!(public_key = %checkpoints.verifier().vkey(), "checkpoints are signed with this key");
     let client = casework_runtime::nats::connect_reader(&options.nats, &options.instance).await?;
     let log: Arc<dyn CaseLog> = Arc::new(
         JetStreamLog::new(client.clone(), &options.instance, None)
@@ -178,6 +215,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         log: log.clone(),
         catalogs,
         checkpoint: checkpoint_rx,
+        checkpoints: checkpoints.clone(),
         max_page_size: options.service.max_page_size,
         subscribe_batch: options.service.subscribe_batch,
         subscriptions: api::Subscriptions::new(
@@ -199,6 +237,11 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         .await?;
     let grpc = serving.addr;
     tracing::info!(%grpc, %http, "ledger started");
+    tokio::spawn(checkpoints.run(
+        client.clone(),
+        Duration::from_secs(options.service.checkpoint_interval_seconds),
+        shutdown.clone(),
+    ));
     let batch = options.service.batch_size;
     let name = options.instance.clone();
     let tail_client = client.clone();

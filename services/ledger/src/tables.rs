@@ -31,3 +31,22 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Key of the checkpoint in [`META`].
 pub const CHECKPOINT: &str = "checkpoint";
+
+/// The transparency log over every archived event (RFC 9162): the hashes
+/// of its complete, aligned subtrees, (level, index) → 32 bytes. Level 0
+/// holds the leaf hashes, by leaf index (stream order).
+pub const TLOG_NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("tlog_nodes");
+
+/// The leaf index of each archived event: (tenant, case id, case
+/// position) → leaf index.
+pub const TLOG_LEAF_OF: TableDefinition<EventKey, u64> = TableDefinition::new("tlog_leaf_of");
+
+/// The checkpoints the ledger signed: tree size → the signed note.
+pub const TLOG_SIGNED: TableDefinition<u64, &str> = TableDefinition::new("tlog_checkpoints");
+
+/// Key in [`META`] of the transparency log's size (leaves appended).
+pub const TLOG_SIZE: &str = "tlog_size";
+
+/// The map of case heads (a sparse Merkle tree, `casework_tlog::map`):
+/// its non-empty nodes, (depth, prefix) → 32 bytes; (0, zeros) is the root.
+pub const TLOG_MAP: TableDefinition<(u16, &[u8]), &[u8]> = TableDefinition::new("tlog_case_map");

@@ -309,7 +309,7 @@ async fn export_makes_a_bundle_that_verifies_offline_and_catches_tampering() {
         .unwrap()
         .into_inner();
     assert!(export.file_name.ends_with(".bundle.json"));
-    let checked = bundle::check(&export.bundle_json).unwrap();
+    let checked = bundle::check(&export.bundle_json, None).unwrap();
     assert!(
         checked.is_intact(),
         "{:?} {:?}",
@@ -340,7 +340,7 @@ async fn export_makes_a_bundle_that_verifies_offline_and_catches_tampering() {
     raw[i] = b'C';
     tampered.events[2].raw_base64 = b64.encode(&raw);
     tampered.events[2].sha256 = hex::encode(chain::hash(&raw));
-    let c = bundle::check(&serde_json::to_vec(&tampered).unwrap()).unwrap();
+    let c = bundle::check(&serde_json::to_vec(&tampered).unwrap(), None).unwrap();
     let brk = c.verification.first_break.unwrap();
     assert_eq!(
         (brk.case_seq, brk.fault),
@@ -349,7 +349,7 @@ async fn export_makes_a_bundle_that_verifies_offline_and_catches_tampering() {
     // Drop the last event: the head (anchor) notices.
     let mut truncated = b.clone();
     truncated.events.pop();
-    let c = bundle::check(&serde_json::to_vec(&truncated).unwrap()).unwrap();
+    let c = bundle::check(&serde_json::to_vec(&truncated).unwrap(), None).unwrap();
     let brk = c.verification.first_break.unwrap();
     assert_eq!(
         (brk.case_seq, brk.fault),
@@ -358,9 +358,9 @@ async fn export_makes_a_bundle_that_verifies_offline_and_catches_tampering() {
     // A lying sha256 field is a problem of the bundle.
     let mut lying = b.clone();
     lying.events[0].sha256 = "00".repeat(32);
-    let c = bundle::check(&serde_json::to_vec(&lying).unwrap()).unwrap();
+    let c = bundle::check(&serde_json::to_vec(&lying).unwrap(), None).unwrap();
     assert!(!c.is_intact() && c.problems.len() == 1, "{:?}", c.problems);
-    assert!(bundle::check(b"{}").is_err());
+    assert!(bundle::check(b"{}", None).is_err());
     ledger.stop().await;
 }
 

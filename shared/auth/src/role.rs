@@ -101,7 +101,15 @@ pub fn required_role(path: &str) -> Option<Role> {
         ) => Supervisor,
         (
             "casework.ledger.v1.Ledger",
-            "GetHistory" | "GetCase" | "ReplayCase" | "VerifyCase" | "VerifyAll" | "ExportCase",
+            "GetHistory"
+            | "GetCase"
+            | "ReplayCase"
+            | "VerifyCase"
+            | "VerifyAll"
+            | "ExportCase"
+            | "GetCheckpoint"
+            | "GetInclusionProof"
+            | "GetConsistencyProof",
         ) => Auditor,
         ("casework.ledger.v1.Ledger", "Subscribe") => Integrator,
         // ListParkedCases, and whatever has no row yet.

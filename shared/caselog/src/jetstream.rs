@@ -44,6 +44,10 @@ use crate::{
 pub const CASES_STREAM: &str = "CASES";
 /// The stream of durable timers (message schedules).
 pub const TIMERS_STREAM: &str = "TIMERS";
+/// The stream of the ledger's signed checkpoints.
+pub const CHECKPOINTS_STREAM: &str = "CHECKPOINTS";
+/// The one subject the ledger publishes its signed checkpoints on.
+pub const CHECKPOINT_SUBJECT: &str = "tlog.checkpoint";
 /// Lowest server version Casework accepts (message schedules arrived in
 /// 2.12).
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
@@ -291,6 +295,27 @@ pub fn timers_stream_config(opts: &StreamOptions) -> stream::Config {
     }
 }
 
+/// The stream of the ledger's signed checkpoints (subject
+/// [`CHECKPOINT_SUBJECT`]): every checkpoint kept, none removable, so that
+/// anyone allowed to read it can keep them and act as a witness.
+pub fn checkpoints_stream_config(opts: &StreamOptions) -> stream::Config {
+    stream::Config {
+        name: CHECKPOINTS_STREAM.to_owned(),
+        description: Some(
+            "Casework ledger signed checkpoints (C2SP tlog-checkpoint signed notes)".to_owned(),
+        ),
+        subjects: vec![CHECKPOINT_SUBJECT.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        num_replicas: opts.replicas,
+        duplicate_window: opts.duplicate_window,
+        allow_direct: true,
+        deny_delete: true,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
 /// Checks an echoed stream configuration for what we rely on; the names of
 /// what is missing.
 fn missing_capabilities(want: &stream::Config, got: &stream::Config) -> Vec<&'static str> {
@@ -423,7 +448,11 @@ pub async fn ensure_streams(client: &async_nats::Client, opts: &StreamOptions) -
     let version = client.server_info().version;
     check_server_version(&version)?;
     let js = jetstream::new(client.clone());
-    for want in [cases_stream_config(opts), timers_stream_config(opts)] {
+    for want in [
+        cases_stream_config(opts),
+        timers_stream_config(opts),
+        checkpoints_stream_config(opts),
+    ] {
         let (got, created) = lookup_or_create(&js, &want, &version).await?;
         let missing = missing_capabilities(&want, &got);
         if !missing.is_empty() {

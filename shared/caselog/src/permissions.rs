@@ -31,7 +31,7 @@
 
 use casework_domain::Writer;
 
-use crate::jetstream::{CASES_STREAM, TIMERS_STREAM};
+use crate::jetstream::{CASES_STREAM, CHECKPOINTS_STREAM, TIMERS_STREAM};
 
 /// Intake's closer: closes a case once its promise is settled.
 pub const INTAKE_CLOSER: &str = "intake-closer-v2";
@@ -234,6 +234,8 @@ pub fn permissions(user: &str, p: &Principal) -> Permissions {
             publish.push(format!("$JS.API.STREAM.CREATE.{CASES_STREAM}"));
             publish.push(format!("$JS.API.STREAM.CREATE.{TIMERS_STREAM}"));
             publish.push(format!("$JS.API.STREAM.INFO.{TIMERS_STREAM}"));
+            publish.push(format!("$JS.API.STREAM.CREATE.{CHECKPOINTS_STREAM}"));
+            publish.push(format!("$JS.API.STREAM.INFO.{CHECKPOINTS_STREAM}"));
             for (stream, name) in durables(w) {
                 publish.extend(consumer_api(stream, name, true));
             }
@@ -250,6 +252,8 @@ pub fn permissions(user: &str, p: &Principal) -> Permissions {
             for i in instances {
                 publish.extend(tail_api(&tail_consumer("ledger", i)));
             }
+            // Its signed checkpoints, and nothing else it writes.
+            publish.push(crate::jetstream::CHECKPOINT_SUBJECT.to_owned());
             Permissions {
                 publish_allow: Some(publish),
                 subscribe_allow: Some(inbox),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::PullConsumer, consumer::pull};
 use casework_caselog::conformance::{interaction, new_case};
-use casework_caselog::jetstream::{StreamOptions, ensure_streams, named_tail};
+use casework_caselog::jetstream::{CHECKPOINT_SUBJECT, StreamOptions, ensure_streams, named_tail};
 use casework_caselog::permissions::{
     INTAKE_CLOSER, Principal, RECOVERY_TIMERS, inbox_prefix, nats_authorization, tail_consumer,
 };
@@ -448,4 +448,52 @@ async fn a_service_touches_only_its_own_consumers() {
             .stream_sequence,
         1
     );
+}
+
+#[tokio::test]
+async fn only_the_ledger_publishes_checkpoints_and_only_checkpoints() {
+    let server = NatsServer::start_with(&users());
+    let admin = conn(&server, "admin").await;
+    ensure_streams(&admin.client, &StreamOptions::default())
+        .await
+        .unwrap();
+
+    // The ledger's checkpoint lands in the CHECKPOINTS stream.
+    let ledger = conn(&server, "ledger").await;
+    let ack = ledger
+        .js
+        .publish(
+            CHECKPOINT_SUBJECT,
+            "casework.local/ledger\n1\nAAAA\n".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ack.stream, "CHECKPOINTS");
+    // It writes nothing else: no event, no other subject.
+    for subject in [
+        "case.acme.c1.intake.case_opened",
+        "tlog.checkpoint.other",
+        "tlog.witness",
+    ] {
+        ledger.client.publish(subject, "".into()).await.unwrap();
+        ledger.refused(subject).await;
+    }
+    // No service and no integrator can publish a checkpoint.
+    for user in ["intake", "fulfilment", "recovery", INTEGRATOR] {
+        let c = conn(&server, user).await;
+        c.client
+            .publish(CHECKPOINT_SUBJECT, "forged".into())
+            .await
+            .unwrap();
+        c.refused(CHECKPOINT_SUBJECT).await;
+    }
+    // And the stream keeps what it has: no delete, no purge, even for an
+    // operator's API call.
+    let stream = admin.js.get_stream("CHECKPOINTS").await.unwrap();
+    assert_eq!(stream.get_info().await.unwrap().state.messages, 1);
+    assert!(stream.delete_message(1).await.is_err());
+    assert!(stream.purge().await.is_err());
+    assert_eq!(stream.get_info().await.unwrap().state.messages, 1);
 }

@@ -282,7 +282,26 @@ impl NatsServer {
             .join(format!("nats-server-{}.log", self.starts))
     }
 
+    /// Starts the process; on its first start, a port another test took
+    /// between [`free_port`] and the bind is replaced by a fresh one.
     fn spawn(&mut self) {
+        for attempt in 0.. {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(log)
+                    if self.starts == 1 + attempt
+                        && attempt < 5
+                        && log.contains("address already in use") =>
+                {
+                    self.port = free_port();
+                    self.monitor_port = free_port();
+                }
+                Err(log) => panic!("nats-server exited during start-up:\n{log}"),
+            }
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         self.starts += 1;
         let conf = self.dir.path().join("nats-server.conf");
         let store = self.store_dir();
@@ -320,10 +339,10 @@ impl NatsServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let mut log = String::new();
@@ -333,10 +352,11 @@ impl NatsServer {
             if log.contains("Server is ready")
                 && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
-                return;
+                return Ok(());
             }
             if !self.is_running() {
-                panic!("nats-server exited during start-up:\n{log}");
+                self.child = None;
+                return Err(log);
             }
             if Instant::now() > deadline {
                 panic!("nats-server not ready after {READY_TIMEOUT:?}:\n{log}");
