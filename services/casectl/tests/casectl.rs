@@ -210,6 +210,144 @@ async fn auditors_replay_verify_export_and_tail() {
     let (r, _) = run(&["verify", "--bundle", "/nonexistent.json"]).await;
     assert_eq!(r.unwrap_err().exit_code(), 2);
 
+    // The signed checkpoint, saved; the bundle proven in the signed log with
+    // the ledger's public key; a stranger's key refused (exit 1); a bad key
+    // a usage error (exit 2).
+    let old_cp = data.path().join("old.checkpoint");
+    let (r, _) = run(&[
+        "--ledger",
+        &ledger,
+        "--json",
+        "checkpoint",
+        "--now",
+        "-o",
+        old_cp.to_str().unwrap(),
+    ])
+    .await;
+    let r = r.unwrap().unwrap();
+    let public_key = r.json["public_key"].as_str().unwrap().to_owned();
+    assert!(r.json["tree_size"].as_u64().unwrap() >= n);
+    assert!(
+        std::fs::read_to_string(&old_cp)
+            .unwrap()
+            .contains("\n\n\u{2014} ")
+    );
+    let (r, _) = run(&[
+        "verify",
+        "--bundle",
+        file.to_str().unwrap(),
+        "--public-key",
+        &public_key,
+    ])
+    .await;
+    let r = r.unwrap().unwrap();
+    assert!(!r.problem, "{}", r.text);
+    assert!(
+        r.text
+            .contains(&format!("inclusion: {n} of {n} events proven")),
+        "{}",
+        r.text
+    );
+    let stranger = data.path().join("stranger.key");
+    let (r, _) = run(&[
+        "--json",
+        "keygen",
+        "--origin",
+        "casework.local/ledger",
+        "-o",
+        stranger.to_str().unwrap(),
+    ])
+    .await;
+    let stranger_pub = r.unwrap().unwrap().json["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        std::fs::read_to_string(&stranger)
+            .unwrap()
+            .starts_with("PRIVATE+KEY+casework.local/ledger+")
+    );
+    let (r, _) = run(&[
+        "keygen",
+        "--origin",
+        "casework.local/ledger",
+        "-o",
+        stranger.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        r.unwrap_err().exit_code(),
+        2,
+        "an existing key is never overwritten"
+    );
+    let (r, _) = run(&[
+        "verify",
+        "--bundle",
+        file.to_str().unwrap(),
+        "--public-key",
+        &stranger_pub,
+    ])
+    .await;
+    let r = r.unwrap().unwrap();
+    assert!(r.problem && r.text.contains("checkpoint:"), "{}", r.text);
+    let (r, _) = run(&[
+        "verify",
+        "--bundle",
+        file.to_str().unwrap(),
+        "--public-key",
+        "not-a-key",
+    ])
+    .await;
+    assert_eq!(r.unwrap_err().exit_code(), 2);
+    // The log grows; the two checkpoints are consistent.
+    let (more, _) = a_case(&log).await;
+    let more_name = more.to_string();
+    eventually(Duration::from_secs(20), "second case archived", || {
+        let (ledger, name) = (ledger.clone(), more_name.clone());
+        async move {
+            let (r, _) = run(&["--ledger", &ledger, "--json", "replay", &name]).await;
+            r.ok().flatten().filter(|r| r.json["state"]["events"] == n)
+        }
+    })
+    .await;
+    let new_cp = data.path().join("new.checkpoint");
+    let (r, _) = run(&[
+        "--ledger",
+        &ledger,
+        "checkpoint",
+        "--now",
+        "-o",
+        new_cp.to_str().unwrap(),
+    ])
+    .await;
+    r.unwrap().unwrap();
+    let (r, _) = run(&[
+        "--ledger",
+        &ledger,
+        "verify",
+        "--consistency",
+        old_cp.to_str().unwrap(),
+        new_cp.to_str().unwrap(),
+        "--public-key",
+        &public_key,
+    ])
+    .await;
+    let r = r.unwrap().unwrap();
+    assert!(!r.problem && r.text.starts_with("consistent"), "{}", r.text);
+    // Given the other way round: a usage error naming the order.
+    let (r, _) = run(&[
+        "--ledger",
+        &ledger,
+        "verify",
+        "--consistency",
+        new_cp.to_str().unwrap(),
+        old_cp.to_str().unwrap(),
+        "--public-key",
+        &public_key,
+    ])
+    .await;
+    assert_eq!(r.unwrap_err().exit_code(), 2);
+
     // tail from the start, then resume after the last position printed
     let (r, out) = run(&[
         "--ledger",

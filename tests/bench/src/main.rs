@@ -22,6 +22,7 @@ mod long_case;
 mod open_case;
 mod report;
 mod store_check;
+mod tlog;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,7 @@ async fn main() -> ExitCode {
                store-check  opening a 400 MB redb file with its integrity check, and without (-plain)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                auth     the gRPC edge admitting one call with an EdDSA bearer token, and with authentication off (auth-off)\n  \
+               tlog     the transparency log: archive ingest with the tree and case map, the tree and map alone, checkpoint signing and opening, inclusion/consistency/case proofs\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
         );
@@ -72,6 +74,7 @@ async fn main() -> ExitCode {
             "store-check" => store_check::store_check().await,
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "auth" => auth::auth().await,
+            "tlog" => tlog::tlog().await,
             "all" => {
                 append::append().await;
                 append::replay().await;
