@@ -265,6 +265,10 @@ pub fn permissions(user: &str, p: &Principal) -> Permissions {
                 // The last event on a subject of its tenant, never a read
                 // by sequence (which would reach any tenant).
                 format!("$JS.API.DIRECT.GET.{CASES_STREAM}.case.{tenant}.>"),
+                // The ledger's signed checkpoints (no tenant data: sizes and
+                // roots), to keep them and act as a witness.
+                format!("$JS.API.DIRECT.GET.{CHECKPOINTS_STREAM}"),
+                format!("$JS.API.DIRECT.GET.{CHECKPOINTS_STREAM}.>"),
             ];
             for c in consumers {
                 publish.extend([
@@ -278,8 +282,10 @@ pub fn permissions(user: &str, p: &Principal) -> Permissions {
                 ]);
             }
             let mut subscribe = inbox;
-            // Live core subscriptions to its tenant's events.
+            // Live core subscriptions to its tenant's events, and to the
+            // checkpoints as they are signed.
             subscribe.push(format!("case.{tenant}.>"));
+            subscribe.push(crate::jetstream::CHECKPOINT_SUBJECT.to_owned());
             Permissions {
                 publish_allow: Some(publish),
                 subscribe_allow: Some(subscribe),

@@ -489,6 +489,18 @@ async fn only_the_ledger_publishes_checkpoints_and_only_checkpoints() {
             .unwrap();
         c.refused(CHECKPOINT_SUBJECT).await;
     }
+    // An integrator reads the checkpoints (a witness), by sequence too:
+    // they hold no tenant's data.
+    let witness = conn(&server, INTEGRATOR).await;
+    let kept = witness
+        .js
+        .get_stream_no_info("CHECKPOINTS")
+        .await
+        .unwrap()
+        .direct_get(1)
+        .await
+        .unwrap();
+    assert!(kept.payload.starts_with(b"casework.local/ledger\n"));
     // And the stream keeps what it has: no delete, no purge, even for an
     // operator's API call.
     let stream = admin.js.get_stream("CHECKPOINTS").await.unwrap();
