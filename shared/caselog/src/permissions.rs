@@ -382,15 +382,21 @@ mod tests {
                 .iter()
                 .any(|s| s.starts_with("case.") || s.starts_with("timer."))
         );
+        // Everything that reaches CASES is narrowed to its tenant; the rest
+        // is the server's info and the checkpoints (no tenant data).
         for s in &publish {
             assert!(
-                s == "$JS.API.INFO" || s.contains("acme"),
+                s == "$JS.API.INFO" || s.contains("acme") || s.contains(".CHECKPOINTS"),
                 "{s} is not narrowed to acme"
             );
         }
         assert_eq!(
             perms.subscribe_allow.unwrap(),
-            vec!["_INBOX_acme-sync.>".to_owned(), "case.acme.>".to_owned()]
+            vec![
+                "_INBOX_acme-sync.>".to_owned(),
+                "case.acme.>".to_owned(),
+                "tlog.checkpoint".to_owned()
+            ]
         );
     }
 
