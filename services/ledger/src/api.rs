@@ -583,10 +583,11 @@ impl Ledger for LedgerApi {
                         tree_size: evidence.head.size,
                         root_hash: hex::encode(evidence.head.root),
                         public_key,
-                        case_map: Some(bundle::BundleCaseMap {
+                        case_map: evidence.map_proof.as_ref().map(|p| bundle::BundleCaseMap {
                             map_root: hex::encode(evidence.head.map_root),
-                            present: hex::encode(evidence.map_proof.present),
-                            hashes: evidence.map_proof.hashes.iter().map(hex::encode).collect(),
+                            depth: p.depth,
+                            present: hex::encode(p.present),
+                            hashes: p.hashes.iter().map(hex::encode).collect(),
                         }),
                     },
                     proofs,

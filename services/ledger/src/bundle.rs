@@ -80,7 +80,9 @@ pub struct BundleCaseMap {
     /// Hex root of the map (as the checkpoint's `casework-case-map` line
     /// says, in base64).
     pub map_root: String,
-    /// Hex of the 256-bit bitmap of non-empty siblings.
+    /// The depth of the case's leaf: the number of siblings.
+    pub depth: u16,
+    /// Hex of the 256-bit bitmap of non-empty siblings, bottom up.
     pub present: String,
     /// The non-empty siblings, bottom up, hex.
     pub hashes: Vec<String>,
@@ -406,6 +408,7 @@ fn check_case_map(
             .map(|h| hex::decode(h).ok()?.try_into().ok())
             .collect();
         Some(map::MapProof {
+            depth: cm.depth,
             present,
             hashes: hashes?,
         })
@@ -417,15 +420,17 @@ fn check_case_map(
     };
     let key = map::case_key(&bundle.tenant, &bundle.case_id);
     let last = bundle.events.last().zip(raws.last());
-    let leaf = last.map(|(e, raw)| map::head_leaf(&key, e.case_position, &chain::hash(&raw.bytes)));
-    if let Err(e) = map::verify(&signed_root, &key, leaf.as_ref(), &proof) {
-        t.problems.push(match last {
-            Some((e_last, _)) => format!(
-                "case map: the case's head in the signed checkpoint is not the bundle's last event (position {}): events are missing from its end, or its head was rewritten ({e})",
-                e_last.case_position
-            ),
-            None => format!("case map: the bundle has no event but the case is in the signed map ({e})"),
-        });
+    let Some((e_last, raw_last)) = last else {
+        t.problems
+            .push("case map: the bundle has no event to prove as the case's head".to_owned());
+        return;
+    };
+    let leaf = map::head_leaf(&key, e_last.case_position, &chain::hash(&raw_last.bytes));
+    if let Err(e) = map::verify(&signed_root, &key, &leaf, &proof) {
+        t.problems.push(format!(
+            "case map: the case's head in the signed checkpoint is not the bundle's last event (position {}): events are missing from its end, or its head was rewritten ({e})",
+            e_last.case_position
+        ));
     }
 }
 

@@ -34,17 +34,16 @@ impl<T: ReadableTable<(u8, u64), &'static [u8]>> Nodes for TableNodes<'_, T> {
 struct TableMap<'a, T>(&'a T);
 
 impl<T: ReadableTable<(u16, &'static [u8]), &'static [u8]>> MapNodes for TableMap<'_, T> {
-    fn get(&self, depth: u16, prefix: &Hash) -> std::result::Result<Option<Hash>, map::MapError> {
+    fn get(
+        &self,
+        depth: u16,
+        prefix: &Hash,
+    ) -> std::result::Result<Option<map::MapNode>, map::MapError> {
         let v = self
             .0
             .get((depth, prefix.as_slice()))
             .map_err(|e| map::MapError::Storage(e.to_string()))?;
-        v.map(|v| {
-            v.value()
-                .try_into()
-                .map_err(|_| map::MapError::Storage(format!("node ({depth}) is not 32 bytes")))
-        })
-        .transpose()
+        v.map(|v| map::MapNode::decode(v.value())).transpose()
     }
 }
 
@@ -57,16 +56,23 @@ pub(crate) fn set_heads<'a>(
     table: &mut Table<(u16, &'static [u8]), &'static [u8]>,
     heads: impl IntoIterator<Item = (&'a str, &'a str, &'a CaseRecord)>,
 ) -> Result<()> {
-    for (tenant, case_id, rec) in heads {
-        let Some(head) = parse_hash(&rec.head_hash) else {
-            continue;
-        };
-        let key = map::case_key(tenant, case_id);
-        let leaf = map::head_leaf(&key, rec.events, &head);
-        let nodes = map::set(&TableMap(&*table), &key, leaf).map_err(map_error)?;
-        for (depth, prefix, hash) in nodes {
-            table.insert((depth, prefix.as_slice()), hash.as_slice())?;
+    let pending = {
+        let base = TableMap(&*table);
+        let mut batch = map::Overlay::new(&base);
+        for (tenant, case_id, rec) in heads {
+            let Some(head) = parse_hash(&rec.head_hash) else {
+                continue;
+            };
+            let key = map::case_key(tenant, case_id);
+            batch
+                .set(&key, map::head_leaf(&key, rec.events, &head))
+                .map_err(map_error)?;
         }
+        batch.pending
+    };
+    // Each changed node written once per batch.
+    for ((depth, prefix), node) in pending.0 {
+        table.insert((depth, prefix.as_slice()), node.encode().as_slice())?;
     }
     Ok(())
 }
@@ -94,8 +100,8 @@ pub struct CaseEvidence {
     pub head: TreeHead,
     /// Per archived event (by position): leaf index and audit path.
     pub inclusion: Vec<(u64, Vec<Hash>)>,
-    /// The map proof of the case's head.
-    pub map_proof: map::MapProof,
+    /// The map proof of the case's head (none for a case without events).
+    pub map_proof: Option<map::MapProof>,
 }
 
 /// The extension line of a checkpoint that carries the case map's root.
@@ -240,7 +246,11 @@ impl Archive {
             CaseEvidence {
                 head,
                 inclusion,
-                map_proof: map::prove(&TableMap(&map_t), &key).map_err(map_error)?,
+                map_proof: match map::prove(&TableMap(&map_t), &key) {
+                    Ok((_, proof)) => Some(proof),
+                    Err(map::MapError::Absent) => None,
+                    Err(e) => return Err(map_error(e)),
+                },
             },
             events,
         ))

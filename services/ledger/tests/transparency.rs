@@ -222,7 +222,9 @@ async fn every_event_is_proven_in_signed_checkpoints_of_a_log_that_only_grows() 
         data2.path().join("checkpoint.key"),
     )
     .unwrap();
-    let rebuilt = Ledger::start(options(&server.url(), data2.path())).await;
+    let mut opts2 = options(&server.url(), data2.path());
+    opts2.instance = "ledger-rebuilt".to_owned(); // its own tail consumer
+    let rebuilt = Ledger::start(opts2).await;
     rebuilt.wait_for(&c, nc).await;
     let (cp3, _) = checkpoint(&rebuilt).await;
     assert_eq!(

@@ -106,7 +106,10 @@ pub async fn tlog() {
         a.clone(),
     );
     let signs = scaled(2_000);
-    let more = events(1, signs);
+    let mut more = events(1, signs);
+    for (i, e) in more.iter_mut().enumerate() {
+        e.stream_seq = n as u64 + 1 + i as u64;
+    }
     let start = Instant::now();
     let mut latencies = Vec::with_capacity(signs);
     let mut last_note = String::new();
@@ -229,14 +232,18 @@ fn tree_only(db: &Arc<redb::Database>, all: &[RawEvent]) {
     }
     struct Map<'a>(&'a redb::Table<'a, (u16, &'static [u8]), &'static [u8]>);
     impl map::MapNodes for Map<'_> {
-        fn get(&self, depth: u16, prefix: &map::Hash) -> Result<Option<map::Hash>, map::MapError> {
+        fn get(
+            &self,
+            depth: u16,
+            prefix: &map::Hash,
+        ) -> Result<Option<map::MapNode>, map::MapError> {
             use redb::ReadableTable;
-            Ok(self
-                .0
+            self.0
                 .get((depth, prefix.as_slice()))
                 .ok()
                 .flatten()
-                .map(|v| v.value().try_into().expect("32 bytes")))
+                .map(|v| map::MapNode::decode(v.value()))
+                .transpose()
         }
     }
     let mut size = 0u64;
@@ -266,13 +273,18 @@ fn tree_only(db: &Arc<redb::Database>, all: &[RawEvent]) {
                 size += 1;
                 heads.insert((t[1].to_owned(), t[2].to_owned()), (*pos, h));
             }
-            for ((tenant, case), (pos, h)) in heads {
-                let key = map::case_key(&tenant, &case);
-                let new = map::set(&Map(&m), &key, map::head_leaf(&key, pos, &h)).expect("set");
-                for (d, p, hash) in new {
-                    m.insert((d, p.as_slice()), hash.as_slice())
-                        .expect("insert");
+            let pending = {
+                let base = Map(&m);
+                let mut batch = map::Overlay::new(&base);
+                for ((tenant, case), (pos, h)) in heads {
+                    let key = map::case_key(&tenant, &case);
+                    batch.set(&key, map::head_leaf(&key, pos, &h)).expect("set");
                 }
+                batch.pending
+            };
+            for ((d, p), node) in pending.0 {
+                m.insert((d, p.as_slice()), node.encode().as_slice())
+                    .expect("insert");
             }
         }
         tx.commit().expect("commit");

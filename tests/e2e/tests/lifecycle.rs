@@ -481,6 +481,118 @@ async fn lifecycles_complete_on_a_three_node_cluster() {
     assert!(kept > 0, "some promises kept: {resolutions:?}");
 }
 
+/// The node that leads the CASES stream now (by its server name,
+/// `casework_test_<port>`).
+async fn cases_leader(sys: &System) -> u16 {
+    let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
+        url: sys.nats_urls(),
+        user: Some("admin".into()),
+        password: Some("pw-admin".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("admin connects");
+    let js = async_nats::jetstream::new(client);
+    eventually_explained(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the CASES stream to have a leader",
+        || {
+            let js = js.clone();
+            async move {
+                let mut stream = js.get_stream("CASES").await.map_err(|e| e.to_string())?;
+                let info = stream.info().await.map_err(|e| e.to_string())?;
+                info.cluster
+                    .as_ref()
+                    .and_then(|c| c.leader.as_ref())
+                    .and_then(|l| l.strip_prefix("casework_test_"))
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| format!("no leader yet: {:?}", info.cluster))
+            }
+        },
+    )
+    .await
+}
+
+fn node(sys: &mut System, port: u16) -> &mut casework_testkit::NatsServer {
+    if sys.nats.port() == port {
+        return &mut sys.nats;
+    }
+    sys.peers
+        .iter_mut()
+        .find(|n| n.port() == port)
+        .expect("the leader is one of the nodes")
+}
+
+/// Item 7 of the fault issue: on the 3-node cluster, the CASES stream's
+/// leader is killed mid-load (and comes back), then the next leader is
+/// frozen for 8 s (SIGSTOP: cut off from the cluster and its clients, as a
+/// partition does) and thawed. Every case still closes with its chain and
+/// the auditor's invariants intact, and no service restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycles_survive_the_cluster_losing_and_partitioning_its_leader() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile_dir();
+    let catalog = dir.join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let mut sys = System::start_cluster(&catalog, &[], 3, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(worker(sys.service("fulfilment").grpc_url(), stop.clone()));
+    let services = ["quick", "worker", "quick", "doomed"];
+    let intake = sys.service("intake").grpc_url();
+    let mut cases = Vec::new();
+    let mut leaders = Vec::new();
+    for (wave, fault) in ["kill-leader", "freeze-leader", "none"]
+        .into_iter()
+        .enumerate()
+    {
+        let first = cases.len();
+        for i in 0..8 {
+            let n = 2000 + wave * 8 + i;
+            cases.push(open(&intake, n, services[n % services.len()]).await);
+        }
+        wait_under_way(&sys, &cases[first..]).await;
+        match fault {
+            "kill-leader" => {
+                let leader = cases_leader(&sys).await;
+                leaders.push(leader);
+                let n = node(&mut sys, leader);
+                n.kill();
+                n.start_again();
+            }
+            "freeze-leader" => {
+                let leader = cases_leader(&sys).await;
+                leaders.push(leader);
+                let pid = node(&mut sys, leader).pid().expect("running").to_string();
+                let signal = |sig: &str| {
+                    std::process::Command::new("kill")
+                        .args([sig, &pid])
+                        .status()
+                        .expect("kill")
+                };
+                assert!(signal("-STOP").success());
+                tokio::time::sleep(Duration::from_secs(8)).await; // the partition's length, not a wait for a condition
+                assert!(signal("-CONT").success());
+            }
+            _ => {}
+        }
+    }
+    wait_all_closed(&sys, &cases, Duration::from_secs(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = w.await;
+    let resolutions = check_logs(&sys, &cases).await;
+    assert_eq!(resolutions.len(), cases.len());
+    for name in ["intake", "fulfilment", "recovery", "ledger"] {
+        let s = sys.service(name);
+        assert!(
+            s.is_running(),
+            "{name} did not survive the leader's loss:\n{}",
+            s.log()
+        );
+    }
+    assert_eq!(leaders.len(), 2, "both faults hit the leader of the moment");
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("casework-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
