@@ -12,6 +12,7 @@
 
 mod append;
 mod auth;
+mod chaos;
 mod deadlines;
 mod fulfil;
 mod hot_case;
@@ -49,6 +50,7 @@ async fn main() -> ExitCode {
                store-check  opening a 400 MB redb file with its integrity check, and without (-plain)\n  \
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                auth     the gRPC edge admitting one call with an EdDSA bearer token, and with authentication off (auth-off)\n  \
+               chaos    the seeded fault probe: CASEWORK_CHAOS_KILLS (100) faults of a service or the broker under load, then every case closed and the auditor's invariants\n  \
                tlog     the transparency log: archive ingest with the tree and case map, the tree and map alone, checkpoint signing and opening, inclusion/consistency/case proofs\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
@@ -75,6 +77,7 @@ async fn main() -> ExitCode {
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "auth" => auth::auth().await,
             "tlog" => tlog::tlog().await,
+            "chaos" => chaos::chaos().await,
             "all" => {
                 append::append().await;
                 append::replay().await;
