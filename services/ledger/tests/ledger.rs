@@ -809,6 +809,62 @@ async fn an_auditor_reads_only_its_tenants_and_every_tenant_needs_every_tenant()
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
+
+    // The transparency log's RPCs: an auditor gets checkpoints and proofs
+    // of its tenants' events; an agent or an integrator gets nothing, nor
+    // does the auditor for another tenant's event, nor anyone without a
+    // token.
+    let sign = api::GetCheckpointRequest {
+        tree_size: 0,
+        sign_now: true,
+    };
+    let cp = c
+        .get_checkpoint(casework_auth::dev::bearer(sign, &auditor))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cp.tree_size > 0);
+    let proof = |case: &casework_caselog::CaseKey| api::GetInclusionProofRequest {
+        tenant: case.tenant.to_string(),
+        case_id: case.case_id.to_string(),
+        case_position: 1,
+        tree_size: 0,
+    };
+    assert!(
+        c.get_inclusion_proof(casework_auth::dev::bearer(proof(&acme), &auditor))
+            .await
+            .is_ok()
+    );
+    for (token, code) in [
+        (Some(&agent), tonic::Code::PermissionDenied),
+        (Some(&integrator), tonic::Code::PermissionDenied),
+        (None, tonic::Code::Unauthenticated),
+    ] {
+        let call = |req| match token {
+            Some(t) => casework_auth::dev::bearer(req, t),
+            None => tonic::Request::new(req),
+        };
+        let e = c.get_checkpoint(call(sign)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        let consistency = api::GetConsistencyProofRequest {
+            old_size: cp.tree_size,
+            new_size: cp.tree_size,
+        };
+        let e = match token {
+            Some(t) => {
+                c.get_consistency_proof(casework_auth::dev::bearer(consistency, t))
+                    .await
+            }
+            None => c.get_consistency_proof(consistency).await,
+        }
+        .unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    let e = c
+        .get_inclusion_proof(casework_auth::dev::bearer(proof(&beta), &auditor))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     ledger.stop().await;
 }
 
