@@ -3,7 +3,10 @@
 //! user, data directory and ports, against a real nats-server with the
 //! per-service permissions of DESIGN.md §3; it can kill -9 and restart any
 //! of them, and restart the broker. It must not reach into a service's
-//! internals: it talks gRPC, HTTP health and the NATS streams only.
+//! internals: it talks gRPC, HTTP health and the NATS streams only. Its
+//! `chaos` module is the seeded fault probe built on it.
+
+pub mod chaos;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

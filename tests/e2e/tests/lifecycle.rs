@@ -527,8 +527,9 @@ fn node(sys: &mut System, port: u16) -> &mut casework_testkit::NatsServer {
 /// Item 7 of the fault issue: on the 3-node cluster, the CASES stream's
 /// leader is killed mid-load (and comes back), then the next leader is
 /// frozen for 8 s (SIGSTOP: cut off from the cluster and its clients, as a
-/// partition does) and thawed. Every case still closes with its chain and
-/// the auditor's invariants intact, and no service restarts.
+/// partition does) and thawed, then all three nodes are killed at once and
+/// started again. Every case still closes with its chain and the auditor's
+/// invariants intact, and no service restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycles_survive_the_cluster_losing_and_partitioning_its_leader() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -542,7 +543,7 @@ async fn lifecycles_survive_the_cluster_losing_and_partitioning_its_leader() {
     let intake = sys.service("intake").grpc_url();
     let mut cases = Vec::new();
     let mut leaders = Vec::new();
-    for (wave, fault) in ["kill-leader", "freeze-leader", "none"]
+    for (wave, fault) in ["kill-leader", "freeze-leader", "kill-all", "none"]
         .into_iter()
         .enumerate()
     {
@@ -574,6 +575,16 @@ async fn lifecycles_survive_the_cluster_losing_and_partitioning_its_leader() {
                 tokio::time::sleep(Duration::from_secs(8)).await; // the partition's length, not a wait for a condition
                 assert!(signal("-CONT").success());
             }
+            "kill-all" => {
+                sys.nats.kill();
+                for p in &mut sys.peers {
+                    p.kill();
+                }
+                sys.nats.start_again();
+                for p in &mut sys.peers {
+                    p.start_again();
+                }
+            }
             _ => {}
         }
     }
@@ -586,7 +597,7 @@ async fn lifecycles_survive_the_cluster_losing_and_partitioning_its_leader() {
         let s = sys.service(name);
         assert!(
             s.is_running(),
-            "{name} did not survive the leader's loss:\n{}",
+            "{name} did not survive the cluster's faults:\n{}",
             s.log()
         );
     }
