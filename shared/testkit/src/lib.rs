@@ -405,6 +405,31 @@ where
     }
 }
 
+/// Polls `check` every `pause` until it returns `Ok`; after `timeout`, the
+/// last reason it gave as `Err`. For callers that report a condition that
+/// never held rather than panic (probes, benchmarks).
+pub async fn poll_until<T, E, F, Fut>(
+    timeout: Duration,
+    pause: Duration,
+    mut check: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match check().await {
+            Ok(v) => return Ok(v),
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Like [`eventually`], for conditions that can say why they do not hold
 /// yet: polls `check` until it returns `Ok`, or panics with `what` and the
 /// last reason after `timeout`. `pause` is the time between polls (for
@@ -413,23 +438,15 @@ pub async fn eventually_explained<T, F, Fut>(
     timeout: Duration,
     pause: Duration,
     what: &str,
-    mut check: F,
+    check: F,
 ) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let why = match check().await {
-            Ok(v) => return v,
-            Err(why) => why,
-        };
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last: {why}");
-        }
-        tokio::time::sleep(pause).await;
-    }
+    poll_until(timeout, pause, check)
+        .await
+        .unwrap_or_else(|why| panic!("timed out after {timeout:?} waiting for {what}; last: {why}"))
 }
 
 /// The blocking twin of [`eventually_explained`], for tests without a

@@ -5,22 +5,22 @@
 //! random schedule (one fault every 1–4 s) kills one part of the system at a time — a service with
 //! SIGKILL, the broker with SIGKILL or SIGTERM — and starts it again.
 //! After the last fault the load stops and every case opened must close;
-//! then, on the raw stream, every case's chain verifies, no event id
-//! appears twice, each case has exactly one `promise_made` and one
-//! `case_closed`, and the ledger archived exactly what the stream holds.
+//! then the e2e suite's checker (`crate::audit`) reads the raw stream —
+//! valid chains, no event id twice, no step attempt twice, one
+//! `promise_made` and one `case_closed` per case — and the ledger must
+//! have archived exactly what the stream holds.
 //! The number of faults and the seed choose the run; the same seed gives
 //! the same schedule of faults.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::System;
 use casework_caselog::{CaseKey, CaseLog};
-use casework_domain::pb::envelope::Payload;
-use casework_domain::{CaseId, Tenant, verify};
+use casework_domain::{CaseId, Tenant};
 use casework_intake::proto::{OpenCaseRequest, intake_client::IntakeClient};
+use casework_testkit::poll_until;
 
 const TENANT: &str = "chaos";
 
@@ -113,7 +113,7 @@ async fn load(
 ) -> Vec<CaseKey> {
     let tenant = Tenant::parse(TENANT).expect("tenant");
     let mut cases = Vec::new();
-    let mut client = None;
+    let client = tokio::sync::Mutex::new(None);
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let key = format!("chaos-{lane}-{i}");
@@ -128,42 +128,45 @@ async fn load(
             idempotency_key: key.clone(),
             ..Default::default()
         };
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            if client.is_none() {
-                client = crate::connect(url.clone())
-                    .await
-                    .ok()
-                    .map(IntakeClient::new);
-            }
-            if let Some(c) = client.as_mut() {
-                match c.open_case(req.clone()).await {
-                    Ok(_) => break,
-                    Err(_) => client = None,
+        // Until intake takes it (the same key, so a retry that landed
+        // before is found, not doubled).
+        poll_until(Duration::from_secs(300), Duration::from_millis(200), || {
+            let (req, url, client) = (req.clone(), url.clone(), &client);
+            async move {
+                let mut slot = client.lock().await;
+                if slot.is_none() {
+                    *slot = crate::connect(url).await.ok().map(IntakeClient::new);
+                }
+                let c = slot.as_mut().ok_or("intake unreachable".to_owned())?;
+                match c.open_case(req).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        *slot = None;
+                        Err(e.to_string())
+                    }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "case {key} could not be opened for 5 minutes"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|why| panic!("case {key} could not be opened for 5 minutes: {why}"));
         cases.push(CaseKey {
             tenant: tenant.clone(),
             case_id: CaseId::derive(&tenant, &key),
         });
         opened.fetch_add(1, Ordering::Relaxed);
         i += 1;
+        // The load's pace (about 20 cases/s per client), not a wait.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cases
 }
 
 /// The counters of a report that must be zero.
-pub const VIOLATIONS: [&str; 5] = [
+pub const VIOLATIONS: [&str; 6] = [
     "unclosed",
     "broken_chains",
     "duplicate_event_ids",
+    "attempts_started_twice",
     "wrong_promise_or_close_counts",
     "ledger_differs",
 ];
@@ -199,6 +202,7 @@ pub async fn run(kills: u64, seed: u64) -> serde_json::Value {
     let mut rng = Rng(seed);
     let mut by_victim = std::collections::BTreeMap::<&str, u64>::new();
     for k in 0..kills {
+        // The schedule under test: the next fault 1–4 s after this one.
         tokio::time::sleep(Duration::from_millis(1_000 + rng.below(3_000))).await;
         let victim = VICTIMS[rng.below(VICTIMS.len() as u64) as usize];
         *by_victim.entry(victim).or_default() += 1;
@@ -238,60 +242,28 @@ pub async fn run(kills: u64, seed: u64) -> serde_json::Value {
 
     // Every case closes.
     let log = sys.admin_log().await;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut unclosed: Vec<&CaseKey> = cases.iter().collect();
-    while !unclosed.is_empty() && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for c in unclosed {
-            let closed = log
-                .read(c, 0)
+    let unclosed = poll_until(
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+        || async {
+            let open: Vec<String> = crate::audit::states(&log, &cases)
                 .await
-                .map(|evs| {
-                    evs.iter()
-                        .any(|e| matches!(e.envelope.payload, Some(Payload::CaseClosed(_))))
-                })
-                .unwrap_or(false);
-            if !closed {
-                still.push(c);
-            }
-        }
-        unclosed = still;
-        if !unclosed.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
+                .iter()
+                .zip(&cases)
+                .filter(|(s, _)| !s.is_closed())
+                .map(|(s, c)| format!("{c} not closed ({})", s.status.as_str()))
+                .collect();
+            if open.is_empty() { Ok(()) } else { Err(open) }
+        },
+    )
+    .await
+    .err()
+    .unwrap_or_default();
 
     // The auditor's invariants on the raw stream.
-    let (mut events, mut broken, mut duplicates, mut bad_counts) =
-        (0u64, Vec::new(), 0u64, Vec::new());
-    for c in &cases {
-        let raw = log.read_raw(c).await.expect("read raw");
-        events += raw.len() as u64;
-        let v = verify(&c.tenant, &c.case_id, &raw, None);
-        if !v.is_intact() {
-            broken.push(format!("{c}: {:?}", v.first_break));
-        }
-        let stored = log.read(c, 0).await.expect("read");
-        let mut ids = HashSet::new();
-        let (mut promises, mut closes) = (0, 0);
-        for e in &stored {
-            if !ids.insert(e.envelope.event_id.clone()) {
-                duplicates += 1;
-            }
-            match e.envelope.payload {
-                Some(Payload::PromiseMade(_)) => promises += 1,
-                Some(Payload::CaseClosed(_)) => closes += 1,
-                _ => {}
-            }
-        }
-        if (promises, closes) != (1, 1) {
-            bad_counts.push(format!(
-                "{c}: {promises} promise_made, {closes} case_closed"
-            ));
-        }
-    }
+    let audit = crate::audit::check(&log, &cases).await;
     // The ledger holds exactly the stream's events of every case.
-    let mut lc = casework_ledger::proto::ledger_client::LedgerClient::new(
+    let lc = casework_ledger::proto::ledger_client::LedgerClient::new(
         crate::connect(sys.service("ledger").grpc_url())
             .await
             .expect("ledger"),
@@ -299,25 +271,26 @@ pub async fn run(kills: u64, seed: u64) -> serde_json::Value {
     let mut archive_diffs = Vec::new();
     for c in &cases {
         let want = log.read_raw(c).await.expect("raw").len() as u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got = lc
-                .get_case(casework_ledger::proto::GetCaseRequest {
-                    tenant: TENANT.into(),
-                    case_id: c.case_id.to_string(),
-                })
-                .await
-                .map(|r| r.into_inner().events)
-                .unwrap_or(0);
-            if got == want {
-                break;
+        let archived = poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            let mut lc = lc.clone();
+            async move {
+                let got = lc
+                    .get_case(casework_ledger::proto::GetCaseRequest {
+                        tenant: TENANT.into(),
+                        case_id: c.case_id.to_string(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().events)
+                    .unwrap_or(0);
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("{c}: ledger {got}, stream {want}"))
+                }
             }
-            if Instant::now() > deadline {
-                archive_diffs.push(format!("{c}: ledger {got}, stream {want}"));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
+        archive_diffs.extend(archived.err());
     }
     let line = serde_json::json!({
         "scenario": "chaos",
@@ -325,26 +298,21 @@ pub async fn run(kills: u64, seed: u64) -> serde_json::Value {
         "faults": kills,
         "by_victim": by_victim,
         "cases": cases.len(),
-        "events": events,
+        "events": audit.events,
         "unclosed": unclosed.len(),
-        "broken_chains": broken.len(),
-        "duplicate_event_ids": duplicates,
-        "wrong_promise_or_close_counts": bad_counts.len(),
+        "broken_chains": audit.broken_chains.len(),
+        "duplicate_event_ids": audit.duplicate_event_ids.len(),
+        "attempts_started_twice": audit.attempts_twice.len(),
+        "wrong_promise_or_close_counts": audit.wrong_promise_or_close_counts.len(),
         "ledger_differs": archive_diffs.len(),
         "faults_s": (faults_done.as_secs_f64() * 10.0).round() / 10.0,
         "total_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     });
-    for p in broken
-        .iter()
-        .chain(&bad_counts)
+    for p in audit
+        .violations()
+        .into_iter()
         .chain(&archive_diffs)
-        .chain(
-            unclosed
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .iter(),
-        )
+        .chain(&unclosed)
         .take(20)
     {
         eprintln!("chaos: violation: {p}");

@@ -4,8 +4,10 @@
 //! per-service permissions of DESIGN.md §3; it can kill -9 and restart any
 //! of them, and restart the broker. It must not reach into a service's
 //! internals: it talks gRPC, HTTP health and the NATS streams only. Its
-//! `chaos` module is the seeded fault probe built on it.
+//! `audit` module is the one checker of the auditor's invariants, and
+//! `chaos` the seeded fault probe built on both.
 
+pub mod audit;
 pub mod chaos;
 
 use std::collections::BTreeMap;
@@ -449,15 +451,20 @@ impl System {
     /// A log client with the operator's rights (reads every case), to
     /// check invariants on the raw stream.
     pub async fn admin_log(&self) -> casework_caselog::JetStreamLog {
-        let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
+        casework_caselog::JetStreamLog::new(self.admin_client().await, "e2e-admin", None)
+    }
+
+    /// A NATS connection as the operator, to every node (stream state,
+    /// cluster leaders).
+    pub async fn admin_client(&self) -> async_nats::Client {
+        casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
             url: self.nats_urls(),
             user: Some("admin".into()),
             password: Some("pw-admin".into()),
             ..Default::default()
         })
         .await
-        .expect("admin connects");
-        casework_caselog::JetStreamLog::new(client, "e2e-admin", None)
+        .expect("admin connects")
     }
 
     /// A service by name.

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use casework_caselog::domain::pb::envelope::Payload;
-use casework_caselog::domain::{CaseState, verify};
+use casework_caselog::domain::CaseState;
 use casework_caselog::{CaseKey, CaseLog};
 use casework_e2e::System;
 use casework_proto::events::v1 as pb;
@@ -184,13 +183,7 @@ async fn worker(url: String, stop: Arc<AtomicBool>) {
 
 /// The states of `cases` (read with admin rights).
 async fn states(sys: &System, cases: &[CaseKey]) -> Vec<CaseState> {
-    let log = sys.admin_log().await;
-    let mut out = Vec::new();
-    for c in cases {
-        let events = log.read(c, 0).await.unwrap_or_default();
-        out.push(CaseState::fold(events.iter().map(|e| &e.envelope)));
-    }
-    out
+    casework_e2e::audit::states(&sys.admin_log().await, cases).await
 }
 
 async fn wait_all_closed(sys: &System, cases: &[CaseKey], timeout: Duration) {
@@ -244,43 +237,14 @@ async fn wait_under_way(sys: &System, wave: &[CaseKey]) {
     .await;
 }
 
-/// Every case's log as an auditor reads it: dense with a valid chain, no
-/// event id twice, no step attempt started twice, closed exactly once.
-/// Returns each case's resolution.
+/// Every case's log as an auditor reads it (`casework_e2e::audit`): dense
+/// with a valid chain, no event id twice, no step attempt started twice,
+/// promised and closed exactly once. Returns each case's resolution.
 async fn check_logs(sys: &System, cases: &[CaseKey]) -> BTreeMap<CaseKey, i32> {
-    let log = sys.admin_log().await;
-    let mut resolutions = BTreeMap::new();
-    for c in cases {
-        let events = log.read(c, 0).await.unwrap();
-        // Dense, valid chain.
-        let raw = log.read_raw(c).await.unwrap();
-        let v = verify(&c.tenant, &c.case_id, &raw, None);
-        assert!(v.is_intact(), "{c}: {v:?}");
-        // No event id twice; no step attempt started twice; closed once.
-        let mut ids = HashSet::new();
-        let mut attempts = HashSet::new();
-        let mut closed = 0;
-        for e in &events {
-            assert!(
-                ids.insert(e.envelope.event_id.clone()),
-                "{c}: event id twice"
-            );
-            match &e.envelope.payload {
-                Some(Payload::StepStarted(s)) => assert!(
-                    attempts.insert((s.run, s.step_index, s.attempt)),
-                    "{c}: attempt {:?} started twice",
-                    (s.run, s.step_index, s.attempt)
-                ),
-                Some(Payload::CaseClosed(cl)) => {
-                    closed += 1;
-                    resolutions.insert(c.clone(), cl.resolution);
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(closed, 1, "{c}: closed exactly once");
-    }
-    resolutions
+    let audit = casework_e2e::audit::check(&sys.admin_log().await, cases).await;
+    let violations = audit.violations();
+    assert!(violations.is_empty(), "{violations:#?}");
+    audit.resolutions
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,15 +448,7 @@ async fn lifecycles_complete_on_a_three_node_cluster() {
 /// The node that leads the CASES stream now (by its server name,
 /// `casework_test_<port>`).
 async fn cases_leader(sys: &System) -> u16 {
-    let client = casework_caselog::jetstream::connect(&casework_caselog::NatsOptions {
-        url: sys.nats_urls(),
-        user: Some("admin".into()),
-        password: Some("pw-admin".into()),
-        ..Default::default()
-    })
-    .await
-    .expect("admin connects");
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(sys.admin_client().await);
     eventually_explained(
         Duration::from_secs(60),
         Duration::from_millis(200),
