@@ -151,64 +151,51 @@ pub async fn tlog() {
     // Proofs from the archive.
     let size = a.tree_size().expect("size");
     let proofs = scaled(20_000);
-    let start = Instant::now();
-    let mut latencies = Vec::with_capacity(proofs);
-    for i in 0..proofs {
-        let index = (i as u64 * 7919) % size;
-        let t = Instant::now();
-        let p = a.inclusion_proof(index, size).expect("proof");
-        latencies.push(t.elapsed());
-        std::hint::black_box(p);
-    }
-    print(
+    timed(
         "tlog-inclusion",
-        1,
-        latencies,
         proofs,
-        start.elapsed(),
         serde_json::json!({"tree_size": size}),
+        |i| {
+            a.inclusion_proof((i as u64 * 7919) % size, size)
+                .expect("proof")
+        },
     );
-    let start = Instant::now();
-    let mut latencies = Vec::with_capacity(proofs);
-    for i in 0..proofs {
-        let old = 1 + (i as u64 * 7919) % (size - 1);
-        let t = Instant::now();
-        let p = a.consistency_proof(old, size).expect("proof");
-        latencies.push(t.elapsed());
-        std::hint::black_box(p);
-    }
-    print(
+    timed(
         "tlog-consistency",
-        1,
-        latencies,
         proofs,
-        start.elapsed(),
         serde_json::json!({"tree_size": size}),
+        |i| {
+            a.consistency_proof(1 + (i as u64 * 7919) % (size - 1), size)
+                .expect("proof")
+        },
     );
     let tenant_case = {
         let s = &all[0].subject;
         let t: Vec<&str> = s.split('.').collect();
         (t[1].to_owned(), t[2].to_owned())
     };
-    let rounds = scaled(500);
-    let start = Instant::now();
-    let mut latencies = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let e = a
-            .case_evidence(&tenant_case.0, &tenant_case.1)
-            .expect("evidence");
-        latencies.push(t.elapsed());
-        std::hint::black_box(e);
-    }
-    print(
+    timed(
         "tlog-case-evidence",
-        1,
-        latencies,
-        rounds,
-        start.elapsed(),
+        scaled(500),
         serde_json::json!({"events_per_case": per_case, "tree_size": size}),
+        |_| {
+            a.case_evidence(&tenant_case.0, &tenant_case.1)
+                .expect("evidence")
+        },
     );
+}
+
+/// Runs `op` `n` times, timing each, and prints the line of `scenario`.
+fn timed<T>(scenario: &str, n: usize, extra: serde_json::Value, mut op: impl FnMut(usize) -> T) {
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let out = op(i);
+        latencies.push(t.elapsed());
+        std::hint::black_box(out);
+    }
+    print(scenario, 1, latencies, n, start.elapsed(), extra);
 }
 
 /// The tree leaves and map updates of `all`, batch by batch, each batch in
