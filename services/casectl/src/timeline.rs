@@ -52,7 +52,11 @@ pub fn describe(e: &Envelope) -> String {
     let Some(p) = &e.payload else {
         return e.event_type.clone();
     };
+    if casework_domain::personal::protected(p).is_some_and(|x| x.erased) {
+        return format!("{} (personal data erased)", e.event_type);
+    }
     match p {
+        Payload::PersonalDataErased(x) => format!("personal data erased: {}", x.legal_basis),
         Payload::CaseOpened(o) => format!(
             "opened: {} via {} for {}",
             o.service_code,

@@ -32,15 +32,24 @@ pub struct FulfilmentApi {
     engine: Engine,
     parked: Option<Parked>,
     shutdown: Shutdown,
+    /// Customers' data keys: a task's input and summary are the case's
+    /// personal data, decrypted for the worker (`None`: plaintext).
+    vault: Option<casework_privacy::Vault>,
 }
 
 impl FulfilmentApi {
     /// The API over `engine`.
-    pub fn new(engine: Engine, parked: Option<Parked>, shutdown: Shutdown) -> Self {
+    pub fn new(
+        engine: Engine,
+        parked: Option<Parked>,
+        shutdown: Shutdown,
+        vault: Option<casework_privacy::Vault>,
+    ) -> Self {
         Self {
             engine,
             parked,
             shutdown,
+            vault,
         }
     }
 }
@@ -124,7 +133,7 @@ fn task_of(
     e: &Entry,
     now: DateTime<Utc>,
     lease_until: Option<DateTime<Utc>>,
-) -> Option<api::Task> {
+) -> Option<(api::Task, Option<(pb::CaseOpened, String)>)> {
     if wf.withdrawn || wf.closed {
         return None;
     }
@@ -133,31 +142,38 @@ fn task_of(
         return None;
     }
     let opened = wf.opened.clone().unwrap_or_default();
-    Some(api::Task {
-        token: t.encode(),
-        tenant: t.case.tenant.to_string(),
-        case_id: t.case.case_id.to_string(),
-        run: t.attempt.run,
-        step_index: t.attempt.step_index,
-        step_name: step.name.clone(),
-        kind: e.kind.clone().unwrap_or_default(),
-        handler: if e.manual {
-            api::TaskHandler::Manual
-        } else {
-            api::TaskHandler::External
-        } as i32,
-        attempt: t.attempt.attempt,
-        input: wf.attributes().into_iter().collect(),
-        timeout_at: Some(timestamp(attempt.timeout_at)),
-        lease_expires_at: lease_until.map(timestamp),
-        service_code: wf
-            .promise
-            .as_ref()
-            .map(|p| p.service_code.clone())
-            .unwrap_or_default(),
-        summary: opened.summary,
-        started_at: Some(timestamp(attempt.started_at)),
-    })
+    let sealed = opened
+        .personal
+        .is_some()
+        .then(|| (opened.clone(), wf.opened_event_id.clone()));
+    Some((
+        api::Task {
+            token: t.encode(),
+            tenant: t.case.tenant.to_string(),
+            case_id: t.case.case_id.to_string(),
+            run: t.attempt.run,
+            step_index: t.attempt.step_index,
+            step_name: step.name.clone(),
+            kind: e.kind.clone().unwrap_or_default(),
+            handler: if e.manual {
+                api::TaskHandler::Manual
+            } else {
+                api::TaskHandler::External
+            } as i32,
+            attempt: t.attempt.attempt,
+            input: wf.attributes().into_iter().collect(),
+            timeout_at: Some(timestamp(attempt.timeout_at)),
+            lease_expires_at: lease_until.map(timestamp),
+            service_code: wf
+                .promise
+                .as_ref()
+                .map(|p| p.service_code.clone())
+                .unwrap_or_default(),
+            summary: opened.summary,
+            started_at: Some(timestamp(attempt.started_at)),
+        },
+        sealed,
+    ))
 }
 
 impl FulfilmentApi {
@@ -170,14 +186,31 @@ impl FulfilmentApi {
         now: DateTime<Utc>,
         lease_until: Option<DateTime<Utc>>,
     ) -> Result<Option<api::Task>> {
-        let task = self
+        let found = self
             .engine
             .with_case(&t.case, &[], |wf, _| task_of(wf, t, e, now, lease_until))
             .await?;
-        if task.is_none() {
+        let Some((mut task, sealed)) = found else {
             self.engine.board().remove(t);
+            return Ok(None);
+        };
+        if let (Some((opened, event_id)), Some(vault)) = (sealed, &self.vault) {
+            let mut payload = pb::envelope::Payload::CaseOpened(opened);
+            let at = casework_privacy::Place {
+                tenant: &task.tenant,
+                case_id: &task.case_id,
+                event_id: &event_id,
+            };
+            vault
+                .reveal_payload(&mut payload, at)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            if let pb::envelope::Payload::CaseOpened(o) = payload {
+                task.summary = o.summary;
+                task.input = o.attributes.into_iter().collect();
+            }
         }
-        Ok(task)
+        Ok(Some(task))
     }
 
     async fn poll(

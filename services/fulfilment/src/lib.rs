@@ -193,7 +193,18 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         .await;
     let serving = grpc
         .add_service(proto::fulfilment_server::FulfilmentServer::new(
-            api::FulfilmentApi::new(engine.clone(), Some(parked.clone()), stop.clone()),
+            api::FulfilmentApi::new(
+                engine.clone(),
+                Some(parked.clone()),
+                stop.clone(),
+                casework_runtime::nats::vault(
+                    &client,
+                    &options.personal_data,
+                    &options.data_dir,
+                    casework_privacy::Access::Reader,
+                    SERVICE,
+                )?,
+            ),
         ))
         .serve(options.grpc_listen, stop.clone())
         .await?;

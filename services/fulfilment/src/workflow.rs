@@ -153,6 +153,9 @@ pub struct Workflow {
     pub correlation_id: String,
     /// The opening request (attributes, summary).
     pub opened: Option<pb::CaseOpened>,
+    /// The event id of `case_opened` (what its encrypted personal fields
+    /// are bound to).
+    pub opened_event_id: String,
     /// The promise.
     pub promise: Option<PromiseInfo>,
     /// True once `promise_broken` was recorded.
@@ -178,6 +181,7 @@ impl Workflow {
             correlation_id: case.case_id.to_string(),
             case,
             opened: None,
+            opened_event_id: String::new(),
             promise: None,
             promise_broken: false,
             promise_kept: false,
@@ -269,6 +273,7 @@ impl Workflow {
         match payload {
             Payload::CaseOpened(o) => {
                 self.opened = Some(o.clone());
+                self.opened_event_id = e.event_id.clone();
                 if !e.correlation_id.is_empty() {
                     self.correlation_id = e.correlation_id.clone();
                 }

@@ -167,6 +167,7 @@ pub fn decide_open(
         opened_by: cmd.opened_by.clone(),
         locale: cmd.locale.clone(),
         time_zone: cmd.time_zone.clone(),
+        personal: None,
     };
     let open = NewEvent {
         event_id: EventId::derive(case_id, &open_cause(&opened, case_id), "case_opened"),
@@ -189,11 +190,25 @@ pub fn decide_open(
 /// What the ids of a case's opening events derive from: the idempotency
 /// key, or the case id when there is none.
 fn open_cause(opened: &pb::CaseOpened, case_id: &CaseId) -> String {
-    if opened.idempotency_key.is_empty() {
+    open_cause_of(&opened.idempotency_key, case_id)
+}
+
+fn open_cause_of(idempotency_key: &str, case_id: &CaseId) -> String {
+    if idempotency_key.is_empty() {
         case_id.to_string()
     } else {
-        opened.idempotency_key.clone()
+        idempotency_key.to_owned()
     }
+}
+
+/// The event id of a case's `case_opened` (what its encrypted personal
+/// fields are bound to), from the case's idempotency key.
+pub fn opened_event_id(idempotency_key: &str, case_id: &CaseId) -> EventId {
+    EventId::derive(
+        case_id,
+        &open_cause_of(idempotency_key, case_id),
+        "case_opened",
+    )
 }
 
 /// The promise of a case opened at `opened_at` for `service` (of
@@ -318,11 +333,14 @@ fn wrap<T: Clone>(req: &CaseRequest<T>) -> T {
 /// Decides a request about an existing case: checks the case's state
 /// (NOT_FOUND, FAILED_PRECONDITION), recognises a retry by its request id,
 /// and otherwise returns the event to append. `fresh` is the cause used
-/// when the client gave no request id.
+/// when the client gave no request id. `protect` encrypts the payload's
+/// personal fields for the event id (deterministically, so a retry's
+/// payload equals the recorded one).
 pub fn decide_request<T: Clone>(
     view: &CaseView,
     req: &CaseRequest<T>,
     to_payload: fn(T) -> Payload,
+    protect: &dyn Fn(&str, &mut Payload),
     fresh: &str,
     now: DateTime<Utc>,
 ) -> Result<RequestOutcome> {
@@ -332,10 +350,11 @@ pub fn decide_request<T: Clone>(
             case_id: req.case_id.to_string(),
         });
     }
-    let payload = to_payload(wrap(req));
+    let mut payload = to_payload(wrap(req));
     let event_type = EventType::of(&payload);
     let cause = req.request_id.as_deref().unwrap_or(fresh);
     let event_id = EventId::derive(&req.case_id, cause, event_type.as_str());
+    protect(event_id.as_str(), &mut payload);
     if let Some((sequence, recorded)) = view.requests.get(event_id.as_str()) {
         if recorded != &payload {
             return Err(Error::AlreadyExists(format!(
@@ -813,12 +832,19 @@ mod tests {
         let ir = req(pb::InteractionRecorded::default(), None);
         // unknown case
         assert!(matches!(
-            decide_request(&view(vec![]), &fb(3), Payload::FeedbackReceived, "x", now),
+            decide_request(
+                &view(vec![]),
+                &fb(3),
+                Payload::FeedbackReceived,
+                &|_, _| {},
+                "x",
+                now
+            ),
             Err(Error::NotFound { .. })
         ));
         let open = view(opened());
         assert!(matches!(
-            decide_request(&open, &wd, Payload::CaseWithdrawn, "x", now),
+            decide_request(&open, &wd, Payload::CaseWithdrawn, &|_, _| {}, "x", now),
             Ok(RequestOutcome::Append(_))
         ));
         let mut w = opened();
@@ -826,11 +852,11 @@ mod tests {
         let w = view(w);
         // feedback on a withdrawn case; withdrawing twice
         assert!(matches!(
-            decide_request(&w, &fb(3), Payload::FeedbackReceived, "x", now),
+            decide_request(&w, &fb(3), Payload::FeedbackReceived, &|_, _| {}, "x", now),
             Err(Error::FailedPrecondition(_))
         ));
         assert!(matches!(
-            decide_request(&w, &wd, Payload::CaseWithdrawn, "x", now),
+            decide_request(&w, &wd, Payload::CaseWithdrawn, &|_, _| {}, "x", now),
             Err(Error::FailedPrecondition(_))
         ));
         let mut c = opened();
@@ -838,15 +864,15 @@ mod tests {
         let c = view(c);
         // closed: no withdrawal, no interaction, feedback still recorded
         assert!(matches!(
-            decide_request(&c, &wd, Payload::CaseWithdrawn, "x", now),
+            decide_request(&c, &wd, Payload::CaseWithdrawn, &|_, _| {}, "x", now),
             Err(Error::FailedPrecondition(_))
         ));
         assert!(matches!(
-            decide_request(&c, &ir, Payload::InteractionRecorded, "x", now),
+            decide_request(&c, &ir, Payload::InteractionRecorded, &|_, _| {}, "x", now),
             Err(Error::FailedPrecondition(_))
         ));
         let Ok(RequestOutcome::Append(e)) =
-            decide_request(&c, &fb(1), Payload::FeedbackReceived, "x", now)
+            decide_request(&c, &fb(1), Payload::FeedbackReceived, &|_, _| {}, "x", now)
         else {
             panic!("feedback on a closed case is recorded")
         };
@@ -861,14 +887,14 @@ mod tests {
         envs.push(recorded);
         let v = CaseView::fold(&envs);
         assert_eq!(
-            decide_request(&v, &fb(1), Payload::FeedbackReceived, "y", now).unwrap(),
+            decide_request(&v, &fb(1), Payload::FeedbackReceived, &|_, _| {}, "y", now).unwrap(),
             RequestOutcome::Replayed {
                 event_id: e.event_id.to_string(),
                 sequence: 3
             }
         );
         assert!(matches!(
-            decide_request(&v, &fb(5), Payload::FeedbackReceived, "y", now),
+            decide_request(&v, &fb(5), Payload::FeedbackReceived, &|_, _| {}, "y", now),
             Err(Error::AlreadyExists(_))
         ));
     }

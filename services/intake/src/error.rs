@@ -22,6 +22,9 @@ pub enum Error {
         /// The case id asked for.
         case_id: String,
     },
+    /// Something other than a case is not there (a customer to erase).
+    #[error("{0}")]
+    NotFoundCustomer(String),
     /// The case's state does not allow the request.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -61,13 +64,23 @@ pub fn to_status(e: Error) -> tonic::Status {
     use tonic::Status;
     match &e {
         Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-        Error::NotFound { .. } => Status::not_found(e.to_string()),
+        Error::NotFound { .. } | Error::NotFoundCustomer(_) => Status::not_found(e.to_string()),
         Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
         Error::Unavailable(_) => Status::unavailable(e.to_string()),
         Error::Internal(_) => Status::internal(e.to_string()),
         Error::Log(l) => casework_runtime::grpc::log_status(l),
         Error::Failed(f) => casework_runtime::grpc::failure_status(f),
+    }
+}
+
+impl From<casework_privacy::Error> for Error {
+    fn from(e: casework_privacy::Error) -> Self {
+        match e {
+            casework_privacy::Error::Unavailable(_)
+            | casework_privacy::Error::KeyMissing { .. } => Error::Unavailable(e.to_string()),
+            _ => Error::Internal(e.to_string()),
+        }
     }
 }
 

@@ -174,6 +174,13 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         &options.instance,
         Some(Writer::Intake),
     ));
+    let vault = nats::vault(
+        &client,
+        &options.personal_data,
+        &options.data_dir,
+        casework_privacy::Access::Owner,
+        SERVICE,
+    )?;
     let db = store::open_checked(
         &options.data_dir,
         SERVICE,
@@ -223,6 +230,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         read_model,
         Duration::from_millis(options.service.read_your_writes_timeout_ms),
         options.service.limits(),
+        vault,
     );
     let server = GrpcServer::new()
         .tls(&options.tls)?

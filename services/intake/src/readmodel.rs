@@ -134,6 +134,8 @@ pub fn project(case: Option<api::Case>, ev: &StoredEvent) -> Option<api::Case> {
     c.updated_at = e.occurred_at;
     match &e.payload {
         Some(Payload::CaseOpened(o)) => {
+            // Encrypted personal fields stay encrypted here: the read
+            // model (a redb file) never holds a customer's plaintext.
             c.customer_id = o.customer_id.clone();
             c.channel = o.channel;
             c.purchase_stage = o.purchase_stage;
@@ -141,6 +143,18 @@ pub fn project(case: Option<api::Case>, ev: &StoredEvent) -> Option<api::Case> {
             c.summary = o.summary.clone();
             c.idempotency_key = o.idempotency_key.clone();
             c.opened_at = e.occurred_at;
+            c.subject = o
+                .personal
+                .as_ref()
+                .map(|p| p.subject.clone())
+                .unwrap_or_default();
+            c.personal = o.personal.clone();
+        }
+        Some(Payload::PersonalDataErased(_)) => {
+            c.personal_data_erased = true;
+            c.personal = None;
+            c.customer_id.clear();
+            c.summary.clear();
         }
         Some(Payload::PromiseMade(p)) => c.promise = Some(promise_to_api(p)),
         Some(Payload::CaseClosed(x)) => {
@@ -163,6 +177,16 @@ pub fn promise_to_api(p: &casework_domain::pb::PromiseMade) -> api::Promise {
         catalog_version: p.catalog_version.clone(),
         catalog_digest: p.catalog_digest.clone(),
         customer_message: p.customer_message.clone(),
+    }
+}
+
+/// What the customer index is keyed by: the customer's pseudonym when the
+/// case's personal data is encrypted, else the customer id.
+fn customer_key(c: &api::Case) -> &str {
+    if c.subject.is_empty() {
+        &c.customer_id
+    } else {
+        &c.subject
     }
 }
 
@@ -199,7 +223,7 @@ fn apply_in(tx: &WriteTransaction, events: &[StoredEvent]) -> Result<(), redb::E
             by_customer.insert(
                 (
                     updated.tenant.as_str(),
-                    updated.customer_id.as_str(),
+                    customer_key(&updated),
                     at,
                     updated.case_id.as_str(),
                 ),
@@ -294,6 +318,28 @@ impl ReadModel {
                 .and_then(|v| decode_case(v.value()))?;
             c.breached = breached(&c, now);
             Some(c)
+        })
+        .await
+    }
+
+    /// Every case of the customer whose pseudonym is `subject`.
+    pub async fn cases_of_subject(
+        &self,
+        tenant: &casework_domain::Tenant,
+        subject: &str,
+    ) -> Vec<casework_domain::CaseId> {
+        let db = self.db.clone();
+        let (tenant, subject) = (tenant.to_string(), subject.to_owned());
+        store::blocking(move || {
+            let tx = db.begin_read().expect("redb read");
+            let idx = tx.open_table(CASES_BY_CUSTOMER).expect("customer index");
+            let from = (tenant.as_str(), subject.as_str(), i64::MIN, "");
+            let to = (tenant.as_str(), subject.as_str(), i64::MAX, "~");
+            idx.range(from..=to)
+                .expect("redb range")
+                .filter_map(|r| r.ok())
+                .filter_map(|(k, _)| casework_domain::CaseId::parse(k.value().3).ok())
+                .collect()
         })
         .await
     }

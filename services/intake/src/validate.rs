@@ -94,6 +94,31 @@ pub fn tenant(value: &str) -> Result<Tenant> {
     Tenant::parse(value).map_err(|e| Error::invalid("tenant", domain_why(e)))
 }
 
+/// Validates a customer reference (required).
+pub fn customer_id(value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(
+            "customer_id",
+            "is empty; give the tenant's own customer reference",
+        ));
+    }
+    token_like("customer_id", value, MAX_CUSTOMER_LEN)
+}
+
+/// Longest legal basis of an erasure.
+pub const MAX_LEGAL_BASIS_LEN: usize = 500;
+
+/// Validates the legal basis of an erasure (required).
+pub fn legal_basis(value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(
+            "legal_basis",
+            "is empty; say why the data may be erased, e.g. \"GDPR Art. 17(1)(a), request 2026-118\"",
+        ));
+    }
+    text("legal_basis", value, MAX_LEGAL_BASIS_LEN)
+}
+
 /// Validates a case id field.
 pub fn case_id(value: &str) -> Result<CaseId> {
     CaseId::parse(value).map_err(|e| Error::invalid("case_id", domain_why(e)))
@@ -173,13 +198,7 @@ fn actor(field: &str, a: Option<&pb::Actor>) -> Result<Option<pb::Actor>> {
 /// Validates an OpenCase request against the current catalogue.
 pub fn open_case(req: &api::OpenCaseRequest, catalog: &Catalog) -> Result<OpenCase> {
     let tenant = tenant(&req.tenant)?;
-    if req.customer_id.trim().is_empty() {
-        return Err(Error::invalid(
-            "customer_id",
-            "is empty; give the tenant's own customer reference",
-        ));
-    }
-    token_like("customer_id", &req.customer_id, MAX_CUSTOMER_LEN)?;
+    customer_id(&req.customer_id)?;
     let channel = channel("channel", req.channel)?;
     let (stage, catalog_stage) = stage(req.purchase_stage)?;
     let offered = || {
@@ -311,6 +330,7 @@ pub fn record_interaction(
             direction: direction as i32,
             summary: req.summary.clone(),
             actor,
+            personal: None,
         },
     })
 }
@@ -339,6 +359,7 @@ pub fn submit_feedback(
             score: req.score,
             comment: req.comment.clone(),
             channel: channel as i32,
+            personal: None,
         },
     })
 }
@@ -355,6 +376,7 @@ pub fn withdraw_case(req: &api::WithdrawCaseRequest) -> Result<CaseRequest<pb::C
         payload: pb::CaseWithdrawn {
             reason: req.reason.clone(),
             actor,
+            personal: None,
         },
     })
 }

@@ -38,6 +38,64 @@ pub struct LedgerApi {
     pub(crate) max_page_size: u32,
     pub(crate) subscribe_batch: usize,
     pub(crate) subscriptions: Subscriptions,
+    /// Customers' data keys, to show auditors plaintext (`None`: personal
+    /// data is stored in plaintext).
+    pub(crate) vault: Option<casework_privacy::Vault>,
+}
+
+impl LedgerApi {
+    /// Decrypts the personal fields of events shown to an auditor (their
+    /// `raw` bytes, what the chain and the proofs cover, stay as stored).
+    /// An erasure among them is seen before anything is decrypted.
+    async fn reveal_events<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a mut casework_domain::pb::Envelope>,
+    ) -> Result<()> {
+        let Some(vault) = &self.vault else {
+            return Ok(());
+        };
+        let mut events: Vec<_> = events.into_iter().collect();
+        for e in events.iter() {
+            if let Some(Payload::PersonalDataErased(x)) = &e.payload {
+                vault.forget(&e.tenant, &x.subject);
+            }
+        }
+        for e in events.iter_mut() {
+            vault.reveal(e).await.map_err(privacy_error)?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts the opening in a replayed state (its event is the case's
+    /// first).
+    async fn reveal_state(&self, state: &mut api::CaseState, opened_event_id: &str) -> Result<()> {
+        let (Some(vault), Some(opened)) = (&self.vault, state.opened.take()) else {
+            return Ok(());
+        };
+        let mut payload = Payload::CaseOpened(opened);
+        let at = casework_privacy::Place {
+            tenant: &state.tenant,
+            case_id: &state.case_id,
+            event_id: opened_event_id,
+        };
+        vault
+            .reveal_payload(&mut payload, at)
+            .await
+            .map_err(privacy_error)?;
+        if let Payload::CaseOpened(o) = payload {
+            state.opened = Some(o);
+        }
+        Ok(())
+    }
+}
+
+fn privacy_error(e: casework_privacy::Error) -> Error {
+    match e {
+        casework_privacy::Error::Unavailable(_) | casework_privacy::Error::KeyMissing { .. } => {
+            Error::Unavailable(e.to_string())
+        }
+        _ => Error::Internal(e.to_string()),
+    }
 }
 
 /// The open subscriptions per caller, and the limits every subscription
@@ -365,8 +423,11 @@ impl Ledger for LedgerApi {
             .await?;
             let more = rows.len() > size;
             let rows = &rows[..rows.len().min(size)];
+            let mut events: Vec<api::ArchivedEvent> = rows.iter().map(convert::archived).collect();
+            self.reveal_events(events.iter_mut().filter_map(|e| e.envelope.as_mut()))
+                .await?;
             Ok(api::GetHistoryResponse {
-                events: rows.iter().map(convert::archived).collect(),
+                events,
                 next_page_token: match (more, rows.last()) {
                     (true, Some(r)) => position::page(r.position + 1),
                     _ => String::new(),
@@ -420,11 +481,32 @@ impl Ledger for LedgerApi {
         let run = async {
             let key = case_key(&req.tenant, &req.case_id)?;
             let archive = self.archive.clone();
-            let steps = read_blocking(move || -> Result<_> {
+            let (mut steps, opened_id) = read_blocking(move || -> Result<_> {
                 let (_, rows) = all_rows(&archive, &key)?;
-                replay_steps(&rows, &req)
+                let opened_id = rows
+                    .first()
+                    .and_then(|r| chain::decode(&r.raw).ok())
+                    .map(|e| e.event_id)
+                    .unwrap_or_default();
+                Ok((replay_steps(&rows, &req)?, opened_id))
             })
             .await?;
+            // An erasure anywhere in the case is known before any step is
+            // decrypted.
+            if let Some(last) = steps.last_mut().and_then(|s| s.state.as_ref())
+                && last.personal_data_erased
+                && let Some(v) = &self.vault
+                && let Some(p) = last.opened.as_ref().and_then(|o| o.personal.as_ref())
+            {
+                v.forget(&last.tenant, &p.subject);
+            }
+            for step in &mut steps {
+                self.reveal_events(step.event.as_mut().and_then(|e| e.envelope.as_mut()))
+                    .await?;
+                if let Some(state) = step.state.as_mut() {
+                    self.reveal_state(state, &opened_id).await?;
+                }
+            }
             Ok(steps)
         };
         let steps = run.await.map_err(to_status)?;

@@ -105,6 +105,7 @@ pub fn state(s: &CaseState) -> api::CaseState {
         tip_sequence: s.tip.map_or(0, |t| t.case_seq),
         tip_sha256: s.tip.map(|t| t.hash.to_vec()).unwrap_or_default(),
         opened: s.opened.clone(),
+        personal_data_erased: s.personal_data_erased,
         opened_at: ts(s.opened_at),
         promise: s.promise.as_ref().map(|p| api::Promise {
             service_code: p.service_code.clone(),

@@ -71,6 +71,7 @@ pub async fn run(
     batch_size: usize,
     readiness: Readiness,
     checkpoint_tx: watch::Sender<u64>,
+    vault: Option<casework_privacy::Vault>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let target = loop {
@@ -119,6 +120,21 @@ pub async fn run(
                     Err(e) => {
                         failed = Some(e);
                         break;
+                    }
+                }
+            }
+            if let Some(v) = &vault {
+                // A customer's erasure: this replica drops their key at
+                // once (auditors see the data erased from now on).
+                for r in raws
+                    .iter()
+                    .filter(|r| r.subject.ends_with(".intake.personal_data_erased"))
+                {
+                    if let Ok(env) = casework_domain::chain::decode(&r.bytes)
+                        && let Some(casework_domain::pb::envelope::Payload::PersonalDataErased(e)) =
+                            &env.payload
+                    {
+                        v.forget(&env.tenant, &e.subject);
                     }
                 }
             }

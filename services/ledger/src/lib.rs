@@ -203,6 +203,13 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         JetStreamLog::new(client.clone(), &options.instance, None)
             .with_request_timeout(Duration::from_millis(options.nats.request_timeout_ms)),
     );
+    let vault = casework_runtime::nats::vault(
+        &client,
+        &options.personal_data,
+        &options.data_dir,
+        casework_privacy::Access::Reader,
+        "ledger",
+    )?;
     let a = archive.clone();
     let (checkpoint_tx, checkpoint_rx) = tokio::sync::watch::channel(
         error::read_blocking(move || a.checkpoint())
@@ -218,6 +225,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         checkpoints: checkpoints.clone(),
         max_page_size: options.service.max_page_size,
         subscribe_batch: options.service.subscribe_batch,
+        vault: vault.clone(),
         subscriptions: api::Subscriptions::new(
             options.service.max_subscriptions_per_caller,
             options.service.subscribe_buffer,
@@ -245,6 +253,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     let batch = options.service.batch_size;
     let name = options.instance.clone();
     let tail_client = client.clone();
+    let ingest_vault = vault.clone();
     let stopping = shutdown.clone();
     let done = tokio::spawn(async move {
         let r = ingest::run(
@@ -255,6 +264,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
             batch,
             readiness,
             checkpoint_tx,
+            ingest_vault,
             shutdown,
         )
         .await;

@@ -65,6 +65,7 @@ fn payload_of(t: EventType) -> Payload {
         E::RetryRequested => Payload::RetryRequested(pb::RetryRequested::default()),
         E::CaseEscalated => Payload::CaseEscalated(pb::CaseEscalated::default()),
         E::RecoveryCompleted => Payload::RecoveryCompleted(pb::RecoveryCompleted::default()),
+        E::PersonalDataErased => Payload::PersonalDataErased(pb::PersonalDataErased::default()),
     }
 }
 

@@ -441,6 +441,7 @@ impl Projection {
                 }
             }
             Payload::InteractionRecorded(_)
+            | Payload::PersonalDataErased(_)
             | Payload::CustomerNotified(_)
             | Payload::FulfilmentStarted(_)
             | Payload::StepStarted(_)

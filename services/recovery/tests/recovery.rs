@@ -321,6 +321,7 @@ async fn low_feedback_on_a_kept_promise_gets_an_apology() {
     .await;
     let feedback = |score| {
         Payload::FeedbackReceived(pb::FeedbackReceived {
+            personal: None,
             score,
             comment: "rude agent".into(),
             channel: pb::Channel::Web as i32,

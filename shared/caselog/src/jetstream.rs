@@ -48,6 +48,10 @@ pub const TIMERS_STREAM: &str = "TIMERS";
 pub const CHECKPOINTS_STREAM: &str = "CHECKPOINTS";
 /// The one subject the ledger publishes its signed checkpoints on.
 pub const CHECKPOINT_SUBJECT: &str = "tlog.checkpoint";
+/// The stream of customers' data keys (crypto-shredding): wrapped keys and
+/// their erasure records under `keys.<tenant>.key.<subject>`, customer
+/// lookups under `keys.<tenant>.customer.<lookup>`.
+pub const KEYS_STREAM: &str = "KEYS";
 /// Lowest server version Casework accepts (message schedules arrived in
 /// 2.12).
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
@@ -316,6 +320,28 @@ pub fn checkpoints_stream_config(opts: &StreamOptions) -> stream::Config {
     }
 }
 
+/// The stream of customers' data keys ([`KEYS_STREAM`]). Unlike `CASES` it
+/// allows deleting a message: an erasure overwrites the wrapped key in the
+/// store (JetStream's secure erase) and leaves a record that it did. It is
+/// never purged wholesale.
+pub fn keys_stream_config(opts: &StreamOptions) -> stream::Config {
+    stream::Config {
+        name: KEYS_STREAM.to_owned(),
+        description: Some(
+            "Casework customers' data keys, wrapped by the KEK (crypto-shredding)".to_owned(),
+        ),
+        subjects: vec!["keys.>".to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        num_replicas: opts.replicas,
+        duplicate_window: opts.duplicate_window,
+        allow_direct: true,
+        deny_delete: false,
+        deny_purge: true,
+        ..Default::default()
+    }
+}
+
 /// Checks an echoed stream configuration for what we rely on; the names of
 /// what is missing.
 fn missing_capabilities(want: &stream::Config, got: &stream::Config) -> Vec<&'static str> {
@@ -452,6 +478,7 @@ pub async fn ensure_streams(client: &async_nats::Client, opts: &StreamOptions) -
         cases_stream_config(opts),
         timers_stream_config(opts),
         checkpoints_stream_config(opts),
+        keys_stream_config(opts),
     ] {
         let (got, created) = lookup_or_create(&js, &want, &version).await?;
         let missing = missing_capabilities(&want, &got);

@@ -31,7 +31,7 @@
 
 use casework_domain::Writer;
 
-use crate::jetstream::{CASES_STREAM, CHECKPOINTS_STREAM, TIMERS_STREAM};
+use crate::jetstream::{CASES_STREAM, CHECKPOINTS_STREAM, KEYS_STREAM, TIMERS_STREAM};
 
 /// Intake's closer: closes a case once its promise is settled.
 pub const INTAKE_CLOSER: &str = "intake-closer-v2";
@@ -213,6 +213,12 @@ fn case_reader_api() -> Vec<String> {
     ]
 }
 
+/// Reading the last message of a data key's subject (direct get), never a
+/// customer lookup or a message by sequence.
+fn key_reader_api() -> String {
+    format!("$JS.API.DIRECT.GET.{KEYS_STREAM}.keys.*.key.*")
+}
+
 /// The permissions of `p`, connecting as `user`.
 pub fn permissions(user: &str, p: &Principal) -> Permissions {
     let inbox = vec![format!("{}.>", inbox_prefix(user))];
@@ -236,6 +242,23 @@ pub fn permissions(user: &str, p: &Principal) -> Permissions {
             publish.push(format!("$JS.API.STREAM.INFO.{TIMERS_STREAM}"));
             publish.push(format!("$JS.API.STREAM.CREATE.{CHECKPOINTS_STREAM}"));
             publish.push(format!("$JS.API.STREAM.INFO.{CHECKPOINTS_STREAM}"));
+            publish.push(format!("$JS.API.STREAM.CREATE.{KEYS_STREAM}"));
+            publish.push(format!("$JS.API.STREAM.INFO.{KEYS_STREAM}"));
+            match w {
+                // The owner of customers' data keys: makes them (and the
+                // lookups), reads them from the stream leader, and erases
+                // them (JetStream's secure erase of one message).
+                Writer::Intake => publish.extend([
+                    "keys.*.key.*".to_owned(),
+                    "keys.*.customer.*".to_owned(),
+                    format!("$JS.API.STREAM.MSG.GET.{KEYS_STREAM}"),
+                    format!("$JS.API.STREAM.MSG.DELETE.{KEYS_STREAM}"),
+                ]),
+                // Decrypts a task's input for its worker: reads a key by
+                // its subject, nothing else of the stream.
+                Writer::Fulfilment => publish.push(key_reader_api()),
+                Writer::Recovery => {}
+            }
             for (stream, name) in durables(w) {
                 publish.extend(consumer_api(stream, name, true));
             }
@@ -254,6 +277,8 @@ pub fn permissions(user: &str, p: &Principal) -> Permissions {
             }
             // Its signed checkpoints, and nothing else it writes.
             publish.push(crate::jetstream::CHECKPOINT_SUBJECT.to_owned());
+            // Customers' data keys, to show auditors plaintext.
+            publish.push(key_reader_api());
             Permissions {
                 publish_allow: Some(publish),
                 subscribe_allow: Some(inbox),

@@ -509,3 +509,85 @@ async fn only_the_ledger_publishes_checkpoints_and_only_checkpoints() {
     assert!(stream.purge().await.is_err());
     assert_eq!(stream.get_info().await.unwrap().state.messages, 1);
 }
+
+#[tokio::test]
+async fn only_intake_makes_and_erases_data_keys_and_readers_read_keys_only() {
+    let server = NatsServer::start_with(&users());
+    let admin = conn(&server, "admin").await;
+    ensure_streams(&admin.client, &StreamOptions::default())
+        .await
+        .unwrap();
+    let key = "keys.acme.key.01JD8X3V5R6M2Q4T7W9Y0Z1A2D";
+    let lookup = "keys.acme.customer.01JD8X3V5R6M2Q4T7W9Y0Z1A2E";
+
+    // Intake makes a key and a lookup, reads them from the leader, and
+    // erases a message.
+    let intake = conn(&server, "intake").await;
+    for subject in [key, lookup, "keys.acme.key.01JD8X3V5R6M2Q4T7W9Y0Z1A2F"] {
+        let ack = intake
+            .js
+            .publish(subject, r#"{"v":1}"#.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(ack.stream, "KEYS");
+    }
+    let keys = intake.js.get_stream_no_info("KEYS").await.unwrap();
+    assert!(keys.get_last_raw_message_by_subject(lookup).await.is_ok());
+    let erase = intake
+        .client
+        .request(
+            "$JS.API.STREAM.MSG.DELETE.KEYS",
+            r#"{"seq":3,"no_erase":false}"#.into(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&erase.payload).contains("\"success\":true"),
+        "{:?}",
+        erase.payload
+    );
+
+    // Fulfilment and the ledger read a key by its subject, and nothing else.
+    for user in ["fulfilment", "ledger"] {
+        let c = conn(&server, user).await;
+        let got =
+            c.js.get_stream_no_info("KEYS")
+                .await
+                .unwrap()
+                .direct_get_last_for_subject(key)
+                .await
+                .unwrap();
+        assert_eq!(&got.payload[..], br#"{"v":1}"#);
+        c.request_refused(&format!("$JS.API.DIRECT.GET.KEYS.{lookup}"), "")
+            .await;
+        c.request_refused("$JS.API.DIRECT.GET.KEYS", r#"{"seq":1}"#)
+            .await;
+        c.request_refused("$JS.API.STREAM.MSG.DELETE.KEYS", r#"{"seq":1}"#)
+            .await;
+        c.request_refused("$JS.API.STREAM.MSG.GET.KEYS", r#"{"seq":1}"#)
+            .await;
+        c.client.publish(key, "forged".into()).await.unwrap();
+        c.refused(key).await;
+    }
+    // Recovery and integrators get no key at all.
+    for user in ["recovery", INTEGRATOR] {
+        let c = conn(&server, user).await;
+        c.request_refused(&format!("$JS.API.DIRECT.GET.KEYS.{key}"), "")
+            .await;
+        c.client.publish(lookup, "forged".into()).await.unwrap();
+        c.refused(lookup).await;
+    }
+    // Nobody purges the key stream, not even an operator's API call.
+    assert!(
+        admin
+            .js
+            .get_stream("KEYS")
+            .await
+            .unwrap()
+            .purge()
+            .await
+            .is_err()
+    );
+}

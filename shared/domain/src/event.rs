@@ -109,6 +109,7 @@ event_types! {
     RetryRequested => "retry_requested", Recovery;
     CaseEscalated => "case_escalated", Recovery;
     RecoveryCompleted => "recovery_completed", Recovery;
+    PersonalDataErased => "personal_data_erased", Intake;
 }
 
 impl EventType {
@@ -194,9 +195,11 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_and_has_the_writer_of_design_md() {
-        assert_eq!(EventType::ALL.len(), 23);
+        // DESIGN.md §1's 23, and intake's `personal_data_erased` (the
+        // erasure of crypto-shredding, DESIGN.md §5).
+        assert_eq!(EventType::ALL.len(), 24);
         let count = |w| EventType::ALL.iter().filter(|t| t.writer() == w).count();
-        assert_eq!(count(Writer::Intake), 7);
+        assert_eq!(count(Writer::Intake), 8);
         assert_eq!(count(Writer::Fulfilment), 6);
         assert_eq!(count(Writer::Recovery), 10);
         for t in EventType::ALL {

@@ -11,11 +11,13 @@
 //! writers, subjects, typed payloads), `chain` (sealing and the hash chain),
 //! `verify` (finding the first broken link), `state` (the case state and
 //! `evolve`), `money` (amounts as people read them), `text` (the one rule for text
-//! a caller sends).
+//! a caller sends), `personal` (which fields are personal data, for
+//! crypto-shredding; no keys here).
 
 pub mod chain;
 pub mod event;
 pub mod money;
+pub mod personal;
 pub mod state;
 pub mod text;
 pub mod token;

@@ -144,6 +144,10 @@ pub struct CaseState {
     pub last_event_at: Option<DateTime<Utc>>,
     /// Number of events folded.
     pub events: u64,
+    /// True once the customer's personal data was erased
+    /// (`personal_data_erased`): the case's encrypted personal fields are
+    /// unreadable for good. Status and every other fact stay as they were.
+    pub personal_data_erased: bool,
 }
 
 impl CaseState {
@@ -296,6 +300,12 @@ pub fn evolve(mut s: CaseState, e: &Envelope) -> CaseState {
                         .retain(|id| id != &c.compensation_id),
                     _ => {}
                 }
+            }
+        }
+        Payload::PersonalDataErased(_) => {
+            s.personal_data_erased = true;
+            if let Some(o) = s.opened.as_mut() {
+                crate::personal::clear(o);
             }
         }
         Payload::RecoveryCompleted(r) => {

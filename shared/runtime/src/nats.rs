@@ -82,3 +82,33 @@ pub fn log(
     JetStreamLog::new(client.clone(), instance, writer)
         .with_request_timeout(Duration::from_millis(settings.request_timeout_ms))
 }
+
+/// The service's vault of customers' data keys (crypto-shredding), or
+/// `None` when `personal_data.mode = plaintext` (said loudly, once).
+pub fn vault(
+    client: &async_nats::Client,
+    settings: &casework_privacy::PrivacySettings,
+    data_dir: &std::path::Path,
+    access: casework_privacy::Access,
+    service: &str,
+) -> anyhow::Result<Option<casework_privacy::Vault>> {
+    let Some(kek) = settings.load_kek(data_dir)? else {
+        tracing::warn!(
+            service,
+            "personal_data.mode = plaintext: customers' personal data is stored unencrypted and cannot be erased"
+        );
+        return Ok(None);
+    };
+    tracing::info!(
+        service,
+        kek = kek.id(),
+        "personal data is encrypted per customer"
+    );
+    Ok(Some(casework_privacy::Vault::new(
+        client.clone(),
+        kek,
+        access,
+        std::time::Duration::from_secs(settings.key_cache_seconds),
+        settings.key_cache_capacity,
+    )))
+}

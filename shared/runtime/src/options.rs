@@ -197,6 +197,10 @@ pub struct Options<S> {
     /// The redb files.
     #[serde(default)]
     pub store: StoreSettings,
+    /// Personal data: encrypted per customer (crypto-shredding) and the
+    /// key-encryption key (`casework_privacy::PrivacySettings`).
+    #[serde(default)]
+    pub personal_data: casework_privacy::PrivacySettings,
     /// The service's own settings.
     pub service: S,
 }
@@ -231,6 +235,7 @@ impl<S: Default> Options<S> {
             auth: casework_auth::AuthSettings::default(),
             telemetry: TelemetrySettings::default(),
             store: StoreSettings::default(),
+            personal_data: casework_privacy::PrivacySettings::default(),
             service: S::default(),
         }
     }
@@ -280,6 +285,7 @@ impl<S: Validate> Options<S> {
             p.push("tls.client_ca_file needs tls.cert_file and tls.key_file".to_owned());
         }
         p.extend(self.auth.validate());
+        p.extend(self.personal_data.validate());
         if let Err(e) = casework_telemetry::check_filter(&self.telemetry.log_filter) {
             p.push(format!("telemetry.log_filter: {e}"));
         }
