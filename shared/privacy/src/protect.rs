@@ -120,7 +120,7 @@ pub fn reveal(payload: &mut Payload, at: Place<'_>, key: &DataKey) -> Result<(),
     let kref = KeyRef::of(&p);
     let plain = key
         .open(&aad(at, payload, &kref), &p.nonce, &p.ciphertext)
-        .map_err(|()| {
+        .ok_or_else(|| {
             Error::Damaged(format!(
                 "event {} of {}/{}: its personal fields do not decrypt with key {} (altered, or moved from another event)",
                 at.event_id, at.tenant, at.case_id, kref.key_id
