@@ -1,4 +1,4 @@
-//! Commands served by intake: open, show, list, feedback, withdraw
+//! Commands served by intake: open, show, list, feedback, withdraw, erase
 //! (casework.intake.v1.Intake).
 
 use casework_proto::intake::v1 as api;
@@ -145,6 +145,18 @@ pub struct WithdrawArgs {
     /// Request id (a retry with the same id withdraws once).
     #[arg(long)]
     pub request_id: Option<String>,
+}
+
+/// `erase`.
+#[derive(Debug, Clone, Args)]
+pub struct EraseArgs {
+    /// The tenant's customer reference, as given when cases were opened.
+    #[arg(long)]
+    pub customer: String,
+    /// Why the data may be erased (article and request reference), recorded
+    /// in each erasure event.
+    #[arg(long)]
+    pub legal_basis: String,
 }
 
 fn ts(t: &Option<prost_types::Timestamp>) -> String {
@@ -441,6 +453,31 @@ pub async fn withdraw(url: &Target, tenant: Option<&str>, a: WithdrawArgs) -> Re
         .map_err(|e| Error::from_status("withdraw", e))?
         .into_inner();
     Ok(recorded("withdrawal", r.recorded))
+}
+
+/// `casectl erase`.
+pub async fn erase(url: &Target, tenant: Option<&str>, a: EraseArgs) -> Result<Report> {
+    let tenant = require_tenant(tenant)?;
+    let r = client(url)
+        .await?
+        .erase_customer(api::EraseCustomerRequest {
+            tenant,
+            customer_id: a.customer,
+            legal_basis: a.legal_basis,
+        })
+        .await
+        .map_err(|e| Error::from_status("erase", e))?
+        .into_inner();
+    Ok(Report::ok(
+        format!(
+            "erased the personal data of pseudonym {} (key {} destroyed) in {} case(s): {}",
+            r.subject,
+            r.key_id,
+            r.case_ids.len(),
+            r.case_ids.join(", ")
+        ),
+        json!({ "subject": r.subject, "key_id": r.key_id, "case_ids": r.case_ids }),
+    ))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! failed; 2 bad usage or input; 3 a server is unreachable; 4 not found.
 //!
 //! Layout: this file (the command line, errors and exit codes, dispatch),
-//! `intake` (open, show, list, feedback, withdraw), `ledger` (replay,
+//! `intake` (open, show, list, feedback, withdraw, erase), `ledger` (replay,
 //! verify, export, tail), `timeline` (the three-lane rendering of a replay).
 
 pub mod dev;
@@ -103,6 +103,13 @@ pub enum Command {
         after_help = "Example:\n  casectl withdraw acme/01JD8X3V5R6M2Q4T7W9Y0Z1A2B --reason 'bought elsewhere'"
     )]
     Withdraw(intake::WithdrawArgs),
+    /// Erase a customer's personal data (admin of the tenant): their data
+    /// key is destroyed and each of their cases records the erasure; every
+    /// chain and proof still verifies.
+    #[command(
+        after_help = "Example:\n  casectl --tenant acme erase --customer C-1042 --legal-basis 'GDPR Art. 17(1)(a), request 2026-118'"
+    )]
+    Erase(intake::EraseArgs),
     /// Replay a case from the ledger's archive as a timeline with front
     /// stage, back stage and recovery lanes, and the state at the end.
     #[command(
@@ -524,6 +531,7 @@ pub async fn run(cli: Cli, out: &mut (dyn std::io::Write + Send)) -> Result<Opti
         Command::List(a) => intake::list(&intake, tenant, a).await.map(Some),
         Command::Feedback(a) => intake::feedback(&intake, tenant, a).await.map(Some),
         Command::Withdraw(a) => intake::withdraw(&intake, tenant, a).await.map(Some),
+        Command::Erase(a) => intake::erase(&intake, tenant, a).await.map(Some),
         Command::Replay(a) => ledger::replay(&ledger, tenant, a).await.map(Some),
         Command::Verify(a) => ledger::verify(&ledger, tenant, a).await.map(Some),
         Command::Export(a) => ledger::export(&ledger, tenant, a).await.map(Some),

@@ -112,7 +112,8 @@ pub fn required_role(path: &str) -> Option<Role> {
             | "GetConsistencyProof",
         ) => Auditor,
         ("casework.ledger.v1.Ledger", "Subscribe") => Integrator,
-        // ListParkedCases, and whatever has no row yet.
+        // ListParkedCases, intake's EraseCustomer (the right to erasure is
+        // an admin's act), and whatever has no row yet.
         _ => Admin,
     };
     Some(role)
@@ -163,7 +164,7 @@ mod tests {
                 for m in &svc.method {
                     let path = format!("/{}.{}/{}", file.package(), svc.name(), m.name());
                     let role = required_role(&path).expect("a Casework method");
-                    let admin_only = m.name() == "ListParkedCases";
+                    let admin_only = ["ListParkedCases", "EraseCustomer"].contains(&m.name());
                     assert_eq!(
                         role == Role::Admin,
                         admin_only,

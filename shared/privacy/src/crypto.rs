@@ -140,12 +140,12 @@ impl Kek {
         let t = text.trim();
         let bytes = hex::decode(t).map_err(|e| Error::BadKek {
             from: source.to_owned(),
-            why: format!("not hex ({e}); expected 64 hex digits, e.g. from `casectl keygen --kek`"),
+            why: format!("not hex ({e}); expected 64 hex digits, e.g. from `openssl rand -hex 32`"),
         })?;
         let arr: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| Error::BadKek {
             from: source.to_owned(),
             why: format!(
-                "{} bytes; a KEK is 32 bytes (64 hex digits), e.g. from `casectl keygen --kek`",
+                "{} bytes; a KEK is 32 bytes (64 hex digits), e.g. from `openssl rand -hex 32`",
                 bytes.len()
             ),
         })?;

@@ -64,15 +64,6 @@ impl PrivacySettings {
                 self.key_cache_capacity
             ));
         }
-        if let Some(f) = &self.kek_file
-            && self.mode == PrivacyMode::Encrypt
-            && !f.is_file()
-        {
-            p.push(format!(
-                "personal_data.kek_file: {} does not exist or is not a file (make one with `casectl keygen --kek FILE`)",
-                f.display()
-            ));
-        }
         p
     }
 
@@ -101,6 +92,12 @@ impl PrivacySettings {
                 path = %path.display(),
                 "personal_data.kek_file is not set: created a key-encryption key beside the data directory; in production give every service the same KEK from a Secret"
             );
+        }
+        if !path.is_file() {
+            return Err(Error::BadKek {
+                from: format!("personal_data.kek_file {}", path.display()),
+                why: "does not exist or is not a file; make one with `openssl rand -hex 32 > FILE` (the same file for intake, fulfilment and the ledger)".to_owned(),
+            });
         }
         Kek::load(&path).map(Some)
     }
@@ -171,10 +168,14 @@ mod tests {
             ..Default::default()
         };
         let p = s.validate().join("\n");
-        assert!(
-            p.contains("personal_data.kek_file: /nonexistent/kek"),
-            "{p}"
-        );
         assert!(p.contains("key_cache_seconds: 0"), "{p}");
+        // The file is checked when the KEK is loaded (at start), naming the
+        // setting and how to make one.
+        let e = s.load_kek(Path::new("/tmp/x")).unwrap_err().to_string();
+        assert!(
+            e.contains("personal_data.kek_file /nonexistent/kek")
+                && e.contains("openssl rand -hex 32"),
+            "{e}"
+        );
     }
 }

@@ -508,9 +508,14 @@ impl Vault {
             }
         }
         self.erase_keys_of(tenant, &kref.subject).await?;
+        // The lookups that lead to this pseudonym (not a newer one, made
+        // for the customer's next case after this erasure began).
         let lookup = self.inner.kek.lookup(tenant, customer_id);
-        self.erase_where(&customer_subject(tenant, &lookup), |_| true)
-            .await?;
+        self.erase_where(
+            &customer_subject(tenant, &lookup),
+            |r| matches!(r, Record::Customer { subject, .. } if *subject == kref.subject),
+        )
+        .await?;
         self.forget(tenant, &kref.subject);
         Ok(())
     }

@@ -38,6 +38,8 @@ async fn main() -> ExitCode {
                         single events and 3-event batches, plus the same as raw JetStream (-raw)\n  \
                replay   reading one case of 10,000 events (and -raw: an ordered consumer)\n  \
                open-case  OpenCase/s and latency over gRPC, 64 clients, intake in-process\n  \
+               open-case-plaintext  the same with personal data unencrypted\n  \
+               open-case-new-customers  every case a new customer (a data key made per call)\n  \
                fulfil   cases/s from promise_made to promise_kept, 3 simulated steps (and -external: 3 steps by a gRPC worker)\n  \
                deadlines  100,000 pending promise deadlines in recovery: promise_broken lateness p50/p99, memory\n  \
                replay-ledger  one 10,000-event case: archive rebuild from the stream, ReplayCase and GetHistory events/s\n  \
@@ -66,6 +68,8 @@ async fn main() -> ExitCode {
             "append" => append::append().await,
             "replay" => append::replay().await,
             "open-case" => open_case::open_case().await,
+            "open-case-plaintext" => open_case::open_case_plaintext().await,
+            "open-case-new-customers" => open_case::open_case_new_customers().await,
             "fulfil" => fulfil::fulfil().await,
             "deadlines" => deadlines::deadlines().await,
             "lifecycle" => lifecycle::lifecycle().await,

@@ -4,22 +4,27 @@
 //! call validates, appends case_opened + promise_made atomically and waits
 //! until the replica's read model shows the case (read-your-writes); the
 //! closing reconciler runs alongside, as in production.
+//!
+//! Twins: `open-case-plaintext` (personal data not encrypted: the cost of
+//! crypto-shredding per OpenCase) and `open-case-new-customers` (every case
+//! a new customer, so each call also makes a data key).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use casework_intake::proto::{self, intake_client::IntakeClient};
+use casework_privacy::settings::PrivacyMode;
 use casework_testkit::NatsServer;
 
 use crate::report;
 
 const CONCURRENCY: usize = 64;
 
-fn request(i: usize) -> proto::OpenCaseRequest {
+fn request(i: usize, customers: usize) -> proto::OpenCaseRequest {
     proto::OpenCaseRequest {
         tenant: "bench".into(),
-        customer_id: format!("cust-{}", i % 1000),
+        customer_id: format!("cust-{}", i % customers),
         channel: 5,        // CHANNEL_WEB
         purchase_stage: 3, // PURCHASE_STAGE_POST_PURCHASE
         service_code: "refund".into(),
@@ -31,10 +36,27 @@ fn request(i: usize) -> proto::OpenCaseRequest {
     }
 }
 
-/// Runs the scenario and prints its line.
+/// Runs the scenario and prints its line: 1,000 returning customers,
+/// personal data encrypted (the default).
 pub async fn open_case() {
+    run("open-case", PrivacyMode::Encrypt, 1000).await
+}
+
+/// The same with personal data in plaintext: what encryption costs.
+pub async fn open_case_plaintext() {
+    run("open-case-plaintext", PrivacyMode::Plaintext, 1000).await
+}
+
+/// Every case a new customer: each OpenCase also makes the customer's data
+/// key (two more appends to the KEYS stream).
+pub async fn open_case_new_customers() {
+    run("open-case-new-customers", PrivacyMode::Encrypt, usize::MAX).await
+}
+
+async fn run(name: &'static str, mode: PrivacyMode, customers: usize) {
     let nats = NatsServer::start();
     let mut options = casework_intake::default_options();
+    options.personal_data.mode = mode;
     options.nats.url = nats.url();
     options.data_dir = nats.scratch_dir().join("intake");
     options.grpc_listen = "127.0.0.1:0".parse().expect("address");
@@ -64,7 +86,7 @@ pub async fn open_case() {
             let mut client = IntakeClient::connect(url).await.expect("gRPC connects");
             for w in 0..WARMUP_PER_CLIENT {
                 client
-                    .open_case(request(n + c * WARMUP_PER_CLIENT + w))
+                    .open_case(request(n + c * WARMUP_PER_CLIENT + w, customers))
                     .await
                     .expect("OpenCase (warm-up)");
             }
@@ -76,7 +98,10 @@ pub async fn open_case() {
                     return latencies;
                 }
                 let t = Instant::now();
-                client.open_case(request(i)).await.expect("OpenCase");
+                client
+                    .open_case(request(i, customers))
+                    .await
+                    .expect("OpenCase");
                 latencies.push(t.elapsed());
             }
         }));
@@ -89,7 +114,7 @@ pub async fn open_case() {
     }
     let elapsed = started.elapsed();
     report::print(
-        "open-case",
+        name,
         CONCURRENCY,
         latencies,
         n,
@@ -99,6 +124,11 @@ pub async fn open_case() {
             "events_per_op": 2,
             "sync_interval": "always",
             "warmup_ops": CONCURRENCY * WARMUP_PER_CLIENT,
+            "personal_data": match mode {
+                PrivacyMode::Encrypt => "encrypt",
+                PrivacyMode::Plaintext => "plaintext",
+            },
+            "customers": if customers == usize::MAX { "every case a new one".to_owned() } else { customers.to_string() },
         }),
     );
     shutdown.cancel();
