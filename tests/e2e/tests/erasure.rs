@@ -17,6 +17,8 @@ use casework_intake::proto as intake;
 use casework_ledger::proto as ledger;
 use casework_runtime::options::NatsSettings;
 use casework_testkit::{NatsServer, eventually};
+use casework_tlog::merkle;
+use casework_tlog::note::NoteVerifier;
 use tonic::Code;
 
 const NAME: &str = "Mustermann";
@@ -72,6 +74,23 @@ async fn channel(addr: std::net::SocketAddr, token: &str) -> WithToken {
         ch,
         casework_auth::dev::BearerToken::new(token),
     )
+}
+
+/// A fresh signed checkpoint, opened with the key it names.
+async fn checkpoint(
+    audit: &mut ledger::ledger_client::LedgerClient<WithToken>,
+) -> (ledger::SignedCheckpoint, casework_tlog::note::Checkpoint) {
+    let cp = audit
+        .get_checkpoint(ledger::GetCheckpointRequest {
+            tree_size: 0,
+            sign_now: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = NoteVerifier::from_vkey(&cp.public_key).unwrap();
+    let opened = casework_tlog::note::open_checkpoint(&key, &cp.note).unwrap();
+    (cp, opened)
 }
 
 fn token(subject: &str, tenants: &[&str], roles: &[Role]) -> String {
@@ -294,6 +313,10 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
     };
     assert!(!files_containing(&store, wrapped.as_bytes(), false).is_empty());
 
+    // A signed checkpoint before the erasure, to check later that the log
+    // only grew across it.
+    let (before, before_note) = checkpoint(&mut audit).await;
+
     // Only an admin of the tenant erases.
     let erase = intake::EraseCustomerRequest {
         tenant: "acme".into(),
@@ -406,6 +429,8 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
             .unwrap()
             .into_inner();
         assert!(v.intact, "{v:?}");
+        // Signed now, so the bundle's checkpoint covers the erasure.
+        let (signed, _) = checkpoint(&mut audit).await;
         let bundle = audit
             .export_case(ledger::ExportCaseRequest {
                 tenant: "acme".into(),
@@ -414,11 +439,19 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
             .await
             .unwrap()
             .into_inner();
-        let checked = casework_ledger::bundle::check(&bundle.bundle_json, None).unwrap();
+        let key = NoteVerifier::from_vkey(&signed.public_key).unwrap();
+        let checked = casework_ledger::bundle::check(&bundle.bundle_json, Some(&key)).unwrap();
         assert!(
-            checked.verification.is_intact() && checked.problems.is_empty(),
-            "{:?}",
-            checked.problems
+            checked.is_intact(),
+            "{:?} {:?}",
+            checked.problems,
+            checked.transparency
+        );
+        let proven = checked.transparency.as_ref().map_or(0, |t| t.proven);
+        assert_eq!(
+            proven,
+            h.events.len(),
+            "every event, the erasure too, is in the signed log"
         );
         let replay = audit
             .replay_case(ledger::ReplayCaseRequest {
@@ -437,6 +470,31 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
         assert!(state.personal_data_erased);
         assert!(state.opened.unwrap().customer_id.is_empty());
     }
+
+    // The log only grew across the erasure: nothing was rewritten.
+    let (after, after_note) = checkpoint(&mut audit).await;
+    assert!(after.tree_size > before.tree_size);
+    let proof = audit
+        .get_consistency_proof(ledger::GetConsistencyProofRequest {
+            old_size: before.tree_size,
+            new_size: after.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let path: Vec<merkle::Hash> = proof
+        .path
+        .iter()
+        .map(|h| h.as_slice().try_into().unwrap())
+        .collect();
+    merkle::verify_consistency(
+        before_note.size,
+        after_note.size,
+        &before_note.root,
+        &after_note.root,
+        &path,
+    )
+    .expect("the erasure appended; it rewrote nothing");
 
     // Still nowhere in plaintext, and the wrapped key is overwritten.
     for needle in [NAME, ORDER, CUSTOMER, wrapped.as_str()] {
