@@ -41,10 +41,20 @@ pub enum Settle {
     No,
     /// The server is stopped gracefully (SIGTERM) and started again.
     GracefulRestart,
-    /// The round waits (up to [`FIRST_FLUSH_WAIT`]) until the server has
-    /// synced every file it wrote, so what the cut can take is messages
-    /// written since.
+    /// The round waits until the server has synced every file it wrote
+    /// (so what the cut can take is messages written since), or
+    /// [`FIRST_FLUSH_WAIT`] passed (it says so: nats-server 2.15.1's
+    /// default flush leaves the stream's `meta.inf`, `meta.sum` and
+    /// `msgs/index.db` unsynced).
     FirstFlush,
+    /// The stream is created by a server with `sync_interval: always`
+    /// (so its own files are synced), which is then stopped; the server
+    /// under test starts on the same store, publishes `cut_after`
+    /// messages, and the round waits (up to [`FIRST_FLUSH_WAIT`]) until
+    /// the server has synced them before the load that the cut ends:
+    /// what the cut can take is the messages acknowledged since the
+    /// server's last flush.
+    FlushedPrefix,
 }
 
 /// How long [`Settle::FirstFlush`] waits: past the server's default
@@ -56,7 +66,8 @@ pub const FIRST_FLUSH_WAIT: Duration = Duration::from_secs(150);
 pub struct Outcome {
     /// The settings it ran with.
     pub settings: Settings,
-    /// Publishes acknowledged before the cut.
+    /// Publishes acknowledged before the cut (with
+    /// [`Settle::FlushedPrefix`], the prefix's `cut_after` included).
     pub acked: usize,
     /// Acknowledged messages missing after the power came back.
     pub lost: usize,
@@ -66,8 +77,8 @@ pub struct Outcome {
     pub stream_survived: bool,
     /// Messages in the stream after the restart.
     pub messages_after: u64,
-    /// What was unsynced just before the load (with `settle_stream`, what
-    /// the graceful stop left unsynced).
+    /// What was unsynced just before the load (what the settling left
+    /// unsynced).
     pub settled: Dropped,
     /// What the cut dropped in the filesystem.
     pub dropped: Dropped,
@@ -92,11 +103,18 @@ pub fn payload(i: usize, len: usize) -> Bytes {
 /// Acknowledged publishes: (stream sequence, message number).
 type Acks = Arc<Mutex<Vec<(u64, usize)>>>;
 
-/// Publishes messages `0, 1, …` with `in_flight` awaiting their acks,
-/// recording each ack, until a publish fails (the server was killed).
-async fn publish_until_failure(js: jetstream::Context, s: Settings, acks: Acks) -> String {
+/// Publishes messages `from, from + 1, …` (up to `until`, exclusive)
+/// with `in_flight` awaiting their acks, recording each ack, until a
+/// publish fails (the server was killed) or all were acknowledged.
+async fn publish(
+    js: jetstream::Context,
+    s: Settings,
+    acks: Acks,
+    from: usize,
+    until: usize,
+) -> String {
     let mut pending = VecDeque::new();
-    for i in 0.. {
+    for i in from..until {
         match js.publish("power.msg", payload(i, s.payload_bytes)).await {
             Ok(ack) => pending.push_back((i, ack)),
             Err(e) => return format!("publish {i}: {e}"),
@@ -113,14 +131,21 @@ async fn publish_until_failure(js: jetstream::Context, s: Settings, acks: Acks) 
             }
         }
     }
-    "unreachable".to_owned()
+    while let Some((n, ack)) = pending.pop_front() {
+        match ack.await {
+            Ok(a) => acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((a.sequence, n)),
+            Err(e) => return format!("ack of {n}: {e}"),
+        }
+    }
+    format!("all of {from}..{until} acknowledged")
 }
 
-/// Runs one round: see the module's documentation.
-pub async fn round(s: Settings) -> Result<Outcome, String> {
-    let mut disk = Disk::new().map_err(|e| format!("cannot mount the lossy disk: {e}"))?;
-    let mut server = NatsServer::start_on_store("", s.sync_always, disk.path());
-    let client = async_nats::connect(server.url())
+/// Creates the round's stream through the server at `url`.
+async fn create_stream(url: &str) -> Result<jetstream::Context, String> {
+    let client = async_nats::connect(url)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let js = jetstream::new(client);
@@ -132,9 +157,41 @@ pub async fn round(s: Settings) -> Result<Outcome, String> {
     })
     .await
     .map_err(|e| format!("create the stream: {e}"))?;
+    Ok(js)
+}
+
+/// Waits until nothing on `disk` is unsynced, at most [`FIRST_FLUSH_WAIT`];
+/// says what is left if that never happened.
+async fn wait_for_flush(disk: &Disk) {
+    let flushed = poll_until(FIRST_FLUSH_WAIT, Duration::from_millis(200), || {
+        let pending = disk.unsynced();
+        async move {
+            if pending.files == 0 {
+                Ok(())
+            } else {
+                Err(pending)
+            }
+        }
+    })
+    .await;
+    if let Err(left) = flushed {
+        eprintln!("after {FIRST_FLUSH_WAIT:?} the server still had not synced {left:?}");
+    }
+}
+
+/// Runs one round: see the module's documentation.
+pub async fn round(s: Settings) -> Result<Outcome, String> {
+    let mut disk = Disk::new().map_err(|e| format!("cannot mount the lossy disk: {e}"))?;
+    let acks: Acks = Arc::default();
+    let mut server;
     let js = match s.settle {
-        Settle::No => js,
+        Settle::No => {
+            server = NatsServer::start_on_store("", s.sync_always, disk.path());
+            create_stream(&server.url()).await?
+        }
         Settle::GracefulRestart => {
+            server = NatsServer::start_on_store("", s.sync_always, disk.path());
+            create_stream(&server.url()).await?;
             server.stop_gracefully();
             server.start_again();
             let client = async_nats::connect(server.url())
@@ -143,38 +200,46 @@ pub async fn round(s: Settings) -> Result<Outcome, String> {
             jetstream::new(client)
         }
         Settle::FirstFlush => {
-            let flushed = poll_until(FIRST_FLUSH_WAIT, Duration::from_millis(200), || {
-                let pending = disk.unsynced();
-                async move {
-                    if pending.files == 0 {
-                        Ok(())
-                    } else {
-                        Err(pending)
-                    }
-                }
-            })
-            .await;
-            if let Err(left) = flushed {
-                eprintln!("after {FIRST_FLUSH_WAIT:?} the server still had not synced {left:?}");
+            server = NatsServer::start_on_store("", s.sync_always, disk.path());
+            let js = create_stream(&server.url()).await?;
+            wait_for_flush(&disk).await;
+            js
+        }
+        Settle::FlushedPrefix => {
+            let mut creator = NatsServer::start_on_store("", true, disk.path());
+            create_stream(&creator.url()).await?;
+            creator.stop_gracefully();
+            drop(creator);
+            server = NatsServer::start_on_store("", s.sync_always, disk.path());
+            let client = async_nats::connect(server.url())
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let js = jetstream::new(client);
+            let done = publish(js.clone(), s, acks.clone(), 0, s.cut_after).await;
+            let n = acks.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if n != s.cut_after {
+                return Err(format!("the prefix stopped after {n} acks: {done}"));
             }
+            wait_for_flush(&disk).await;
             js
         }
     };
     let settled = disk.unsynced();
 
-    let acks: Acks = Arc::default();
     let started = Instant::now();
-    let publisher = tokio::spawn(publish_until_failure(js, s, acks.clone()));
+    let from = acks.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let cut_at = from + s.cut_after;
+    let publisher = tokio::spawn(publish(js, s, acks.clone(), from, usize::MAX));
     let reached = poll_until(Duration::from_secs(120), Duration::from_millis(5), || {
         let n = acks.lock().unwrap_or_else(|e| e.into_inner()).len();
         let finished = publisher.is_finished();
         async move {
-            if n >= s.cut_after {
+            if n >= cut_at {
                 Ok(())
             } else if finished {
                 Err(format!("the publisher stopped after {n} acks"))
             } else {
-                Err(format!("{n} of {} acks", s.cut_after))
+                Err(format!("{n} of {cut_at} acks"))
             }
         }
     })
