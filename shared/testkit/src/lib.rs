@@ -36,6 +36,9 @@ pub struct NatsServer {
     sync_always: bool,
     /// `jetstream { max_file_store }`, when the test limits the storage.
     max_file_store: Option<u64>,
+    /// A JetStream store directory the test chose (e.g. on a filesystem
+    /// that can lose power), instead of one in `dir`.
+    store_override: Option<PathBuf>,
     starts: usize,
 }
 
@@ -163,6 +166,19 @@ impl NatsServer {
         s
     }
 
+    /// Starts a server whose JetStream store is `store_dir` (which the
+    /// caller owns and keeps across [`kill`] and [`start_again`]), e.g. a
+    /// directory on a filesystem that can lose unsynced writes.
+    ///
+    /// [`kill`]: NatsServer::kill
+    /// [`start_again`]: NatsServer::start_again
+    pub fn start_on_store(extra_config: &str, sync_always: bool, store_dir: &Path) -> Self {
+        let mut s = Self::start_node_unspawned(extra_config, sync_always);
+        s.store_override = Some(store_dir.to_owned());
+        s.spawn();
+        s
+    }
+
     fn start_node(extra_config: &str, sync_always: bool) -> Self {
         let mut server = Self::start_node_unspawned(extra_config, sync_always);
         server.spawn();
@@ -182,6 +198,7 @@ impl NatsServer {
             extra_config: extra_config.to_owned(),
             sync_always,
             max_file_store: None,
+            store_override: None,
             starts: 0,
         }
     }
@@ -222,6 +239,9 @@ impl NatsServer {
 
     /// The JetStream store directory (kept across restarts).
     pub fn store_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.store_override {
+            return dir.clone();
+        }
         self.dir.path().join("jetstream")
     }
 

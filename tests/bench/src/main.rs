@@ -21,6 +21,7 @@ mod lifecycle;
 mod lifecycle_raw;
 mod long_case;
 mod open_case;
+mod power_loss;
 mod report;
 mod store_check;
 mod tlog;
@@ -53,6 +54,9 @@ async fn main() -> ExitCode {
                subscribe  events/s through the ledger's gRPC Subscribe from the beginning of 50,000 events (and -raw)\n  \
                auth     the gRPC edge admitting one call with an EdDSA bearer token, and with authentication off (auth-off)\n  \
                chaos    the seeded fault probe: CASEWORK_CHAOS_KILLS (100) faults of a service or the broker under load, then every case closed and the auditor's invariants\n  \
+               power-loss  the store on a disk that drops unsynced writes at a power cut: acked and lost messages per round,\n           \
+                        sync always and default (3 rounds each, then one default round on a stream 150 s old, past the 2-minute flush, and one\n           \
+                        whose first half the server flushed before the load: ~5 min)\n  \
                tlog     the transparency log: archive ingest with the tree and case map, the tree and map alone, checkpoint signing and opening, inclusion/consistency/case proofs\n  \
                all      every scenario\n\
              env: CASEWORK_BENCH_SCALE=0.1 runs a tenth of the operations"
@@ -82,6 +86,7 @@ async fn main() -> ExitCode {
             "auth" => auth::auth().await,
             "tlog" => tlog::tlog().await,
             "chaos" => chaos::chaos().await,
+            "power-loss" => power_loss::power_loss().await,
             "all" => {
                 append::append().await;
                 append::replay().await;
