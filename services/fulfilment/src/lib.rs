@@ -183,8 +183,8 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     );
 
     let readiness = http::Readiness::default();
-    readiness.set("nats", true);
     readiness.set("task_board", false);
+    nats::watch_connection(client.clone(), readiness.clone(), stop.clone());
     let grpc = casework_runtime::grpc::GrpcServer::new()
         .tls(&options.tls)?
         .auth("fulfilment", &options.auth);

@@ -194,6 +194,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
     let readiness = Readiness::default();
     readiness.set(readmodel::READY_CONDITION, false);
     let stop = shutdown.child_token();
+    nats::watch_connection(client.clone(), readiness.clone(), stop.clone());
     let http = http::serve(options.http_listen, readiness.clone(), stop.clone()).await?;
 
     let mut follower = tokio::spawn(readmodel::follow(

@@ -203,6 +203,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
         JetStreamLog::new(client.clone(), &options.instance, None)
             .with_request_timeout(Duration::from_millis(options.nats.request_timeout_ms)),
     );
+    casework_runtime::nats::watch_connection(client.clone(), readiness.clone(), shutdown.clone());
     let vault = casework_runtime::nats::vault(
         &client,
         &options.personal_data,

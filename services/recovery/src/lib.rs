@@ -199,6 +199,7 @@ pub async fn start(options: ServiceOptions, shutdown: Shutdown) -> anyhow::Resul
 
     let readiness = Readiness::default();
     readiness.set("views caught up", false);
+    casework_runtime::nats::watch_connection(client.clone(), readiness.clone(), shutdown.clone());
     let http =
         casework_runtime::http::serve(options.http_listen, readiness.clone(), shutdown.clone())
             .await?;

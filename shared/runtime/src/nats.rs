@@ -112,3 +112,38 @@ pub fn vault(
         settings.key_cache_capacity,
     )))
 }
+
+/// The readiness condition [`watch_connection`] holds.
+pub const CONNECTED_CONDITION: &str = "nats_connected";
+
+/// Holds `/readyz` false while `client` is not connected to the broker (a
+/// broker restart, a dropped connection), so Kubernetes sends no traffic
+/// to a replica that cannot append; the service's loops resubscribe on
+/// their own once it is back. Checks every 200 ms until `stop`.
+pub fn watch_connection(
+    client: async_nats::Client,
+    readiness: crate::http::Readiness,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut was = None;
+        loop {
+            let up = client.connection_state() == async_nats::connection::State::Connected;
+            if was != Some(up) {
+                readiness.set(CONNECTED_CONDITION, up);
+                if was.is_some() {
+                    if up {
+                        tracing::info!("connected to the broker again: ready");
+                    } else {
+                        tracing::warn!("lost the broker connection: not ready until it is back");
+                    }
+                }
+                was = Some(up);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    });
+}

@@ -280,6 +280,23 @@ async fn lifecycles_survive_crashes_of_every_service_and_the_broker() {
         wait_under_way(&sys, &cases[first..]).await;
         if crash == "nats" {
             sys.nats.kill();
+            // While the broker is gone no service says it is ready (so
+            // Kubernetes routes nothing to a replica that cannot append).
+            for name in ["intake", "fulfilment", "recovery", "ledger"] {
+                let port = sys.service(name).http_port;
+                eventually_explained(
+                    Duration::from_secs(15),
+                    Duration::from_millis(50),
+                    &format!("{name}'s /readyz to answer not ready while the broker is down"),
+                    || async move {
+                        match casework_testkit::http_get(port, "/readyz") {
+                            Some((200, body)) => Err(format!("still 200: {body}")),
+                            other => Ok(other),
+                        }
+                    },
+                )
+                .await;
+            }
             sys.nats.start_again();
         } else if crash == "nats-graceful" {
             sys.nats.stop_gracefully();
