@@ -22,6 +22,7 @@ mod lifecycle_raw;
 mod long_case;
 mod open_case;
 mod power_loss;
+mod privacy;
 mod report;
 mod store_check;
 mod tlog;
@@ -41,6 +42,7 @@ async fn main() -> ExitCode {
                open-case  OpenCase/s and latency over gRPC, 64 clients, intake in-process\n  \
                open-case-plaintext  the same with personal data unencrypted\n  \
                open-case-new-customers  every case a new customer (a data key made per call)\n  \
+               privacy    encrypting and decrypting one event's personal fields, per second\n  \
                fulfil   cases/s from promise_made to promise_kept, 3 simulated steps (and -external: 3 steps by a gRPC worker)\n  \
                deadlines  100,000 pending promise deadlines in recovery: promise_broken lateness p50/p99, memory\n  \
                replay-ledger  one 10,000-event case: archive rebuild from the stream, ReplayCase and GetHistory events/s\n  \
@@ -85,6 +87,7 @@ async fn main() -> ExitCode {
             "replay-ledger" | "subscribe" => ledger::run(a).await,
             "auth" => auth::auth().await,
             "tlog" => tlog::tlog().await,
+            "privacy" => privacy::privacy().await,
             "chaos" => chaos::chaos().await,
             "power-loss" => power_loss::power_loss().await,
             "all" => {
