@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use casework_domain::pb::{self, Envelope};
 use casework_domain::personal;
@@ -154,28 +155,14 @@ impl Vault {
                 .await
                 .map_err(|e| unavailable("the key stream", e))?;
         let got = match i.access {
-            Access::Owner => match stream
-                .raw_message_builder()
-                .last_by_subject(subject)
-                .send()
-                .await
-            {
+            Access::Owner => match stream.get_last_raw_message_by_subject(subject).await {
                 Ok(m) => Some((m.sequence, m.payload)),
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    None
-                }
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
                 Err(e) => return Err(unavailable(&format!("reading {subject}"), e)),
             },
-            Access::Reader => match stream
-                .direct_get_builder()
-                .last_by_subject(subject)
-                .send()
-                .await
-            {
+            Access::Reader => match stream.direct_get_last_for_subject(subject).await {
                 Ok(m) => Some((m.sequence, m.payload)),
-                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => None,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
                 Err(e) => return Err(unavailable(&format!("reading {subject}"), e)),
             },
         };
@@ -316,12 +303,7 @@ impl Vault {
                 {
                     let kref = KeyRef { subject, key_id };
                     if let Some(key) = self.key(tenant, &kref).await? {
-                        self.inner
-                            .customers
-                            .lock()
-                            .expect("customer cache")
-                            .put(ck, kref.clone());
-                        return Ok((kref, key));
+                        return Ok(self.remember_customer(ck, kref, key));
                     }
                 }
             }
@@ -359,12 +341,7 @@ impl Vault {
                     .increment(1);
                 let key = Arc::new(key);
                 self.cache_key(tenant, &kref, Some(key.clone()));
-                self.inner
-                    .customers
-                    .lock()
-                    .expect("customer cache")
-                    .put(ck, kref.clone());
-                return Ok((kref, key));
+                return Ok(self.remember_customer(ck, kref, key));
             }
             // Another replica mapped the customer first: use its key (ours
             // was never used; erase it).
@@ -373,6 +350,20 @@ impl Vault {
         Err(Error::Unavailable(format!(
             "the key of a customer of {tenant} kept changing under 4 attempts; retry"
         )))
+    }
+
+    fn remember_customer(
+        &self,
+        ck: (String, String),
+        kref: KeyRef,
+        key: Arc<DataKey>,
+    ) -> (KeyRef, Arc<DataKey>) {
+        self.inner
+            .customers
+            .lock()
+            .expect("customer cache")
+            .put(ck, kref.clone());
+        (kref, key)
     }
 
     fn must_own(&self, what: &str) -> Result<(), Error> {
@@ -462,9 +453,7 @@ impl Vault {
                 .await
             {
                 Ok(m) => m,
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                     return Ok(());
                 }
                 Err(e) => return Err(unavailable(&format!("reading {subj}"), e)),

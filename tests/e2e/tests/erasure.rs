@@ -48,6 +48,23 @@ fn files_containing(dir: &Path, needle: &[u8], only_redb: bool) -> Vec<String> {
     hits
 }
 
+/// None of `needles` is in a file of the broker's `store` or in a redb
+/// file under `data`.
+fn assert_nowhere(store: &Path, data: &Path, needles: &[&str], when: &str) {
+    for needle in needles {
+        assert_eq!(
+            files_containing(store, needle.as_bytes(), false),
+            Vec::<String>::new(),
+            "{needle} in the broker's store {when}"
+        );
+        assert_eq!(
+            files_containing(data, needle.as_bytes(), true),
+            Vec::<String>::new(),
+            "{needle} in a redb file {when}"
+        );
+    }
+}
+
 fn redb_files(dir: &Path) -> usize {
     let mut n = 0;
     let mut stack = vec![dir.to_owned()];
@@ -91,6 +108,39 @@ async fn checkpoint(
     let key = NoteVerifier::from_vkey(&cp.public_key).unwrap();
     let opened = casework_tlog::note::open_checkpoint(&key, &cp.note).unwrap();
     (cp, opened)
+}
+
+async fn get(
+    front: &mut intake::intake_client::IntakeClient<WithToken>,
+    case_id: &str,
+) -> intake::Case {
+    front
+        .get_case(intake::GetCaseRequest {
+            tenant: "acme".into(),
+            case_id: case_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .case
+        .unwrap()
+}
+
+fn interaction(
+    case_id: &str,
+    direction: pb::Direction,
+    summary: impl Into<String>,
+    request_id: &str,
+) -> intake::RecordInteractionRequest {
+    intake::RecordInteractionRequest {
+        tenant: "acme".into(),
+        case_id: case_id.to_owned(),
+        channel: pb::Channel::Phone as i32,
+        direction: direction as i32,
+        summary: summary.into(),
+        request_id: request_id.to_owned(),
+        ..Default::default()
+    }
 }
 
 fn token(subject: &str, tenants: &[&str], roles: &[Role]) -> String {
@@ -170,45 +220,30 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
     }
     let erika = &cases[..2];
     front
-        .record_interaction(intake::RecordInteractionRequest {
-            tenant: "acme".into(),
-            case_id: erika[0].clone(),
-            channel: pb::Channel::Phone as i32,
-            direction: pb::Direction::Outbound as i32,
-            summary: format!("Called Frau {NAME} back about the refund"),
-            request_id: "call-1".into(),
-            ..Default::default()
-        })
+        .record_interaction(interaction(
+            &erika[0],
+            pb::Direction::Outbound,
+            format!("Called Frau {NAME} back about the refund"),
+            "call-1",
+        ))
         .await
         .unwrap();
     // A retry with the same request id is the same request (deterministic
     // encryption), not a conflict.
     let again = front
-        .record_interaction(intake::RecordInteractionRequest {
-            tenant: "acme".into(),
-            case_id: erika[0].clone(),
-            channel: pb::Channel::Phone as i32,
-            direction: pb::Direction::Outbound as i32,
-            summary: format!("Called Frau {NAME} back about the refund"),
-            request_id: "call-1".into(),
-            ..Default::default()
-        })
+        .record_interaction(interaction(
+            &erika[0],
+            pb::Direction::Outbound,
+            format!("Called Frau {NAME} back about the refund"),
+            "call-1",
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(again.recorded.unwrap().replayed);
 
     // Those entitled read plaintext: the agent from intake...
-    let got = front
-        .get_case(intake::GetCaseRequest {
-            tenant: "acme".into(),
-            case_id: erika[0].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .case
-        .unwrap();
+    let got = get(&mut front, &erika[0]).await;
     assert_eq!(
         (got.customer_id.as_str(), got.summary.as_str()),
         (CUSTOMER, SUMMARY)
@@ -278,18 +313,7 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
         redb_files(&dir) >= 2,
         "the services' redb files are searched"
     );
-    for needle in [NAME, ORDER, CUSTOMER] {
-        assert_eq!(
-            files_containing(&store, needle.as_bytes(), false),
-            Vec::<String>::new(),
-            "{needle} in the broker's store"
-        );
-        assert_eq!(
-            files_containing(&dir, needle.as_bytes(), true),
-            Vec::<String>::new(),
-            "{needle} in a redb file"
-        );
-    }
+    assert_nowhere(&store, &dir, &[NAME, ORDER, CUSTOMER], "before the erasure");
     let admin_js = async_nats::jetstream::new(
         async_nats::ConnectOptions::with_user_and_password("admin".into(), "pw-admin".into())
             .connect(nats.url())
@@ -352,40 +376,20 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
     assert_eq!(again.code(), Code::NotFound, "{again:?}");
 
     // The fields read as erased, everywhere; the other customer's do not.
-    let got = front
-        .get_case(intake::GetCaseRequest {
-            tenant: "acme".into(),
-            case_id: erika[0].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .case
-        .unwrap();
+    let got = get(&mut front, &erika[0]).await;
     assert!(
         got.personal_data_erased && got.customer_id.is_empty() && got.summary.is_empty(),
         "{got:?}"
     );
-    let max = front
-        .get_case(intake::GetCaseRequest {
-            tenant: "acme".into(),
-            case_id: cases[2].clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .case
-        .unwrap();
+    let max = get(&mut front, &cases[2]).await;
     assert_eq!(max.customer_id, "max@example.com");
     let refused = front
-        .record_interaction(intake::RecordInteractionRequest {
-            tenant: "acme".into(),
-            case_id: erika[1].clone(),
-            channel: pb::Channel::Phone as i32,
-            direction: pb::Direction::Inbound as i32,
-            summary: "Erika again".into(),
-            ..Default::default()
-        })
+        .record_interaction(interaction(
+            &erika[1],
+            pb::Direction::Inbound,
+            "Erika again",
+            "",
+        ))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -497,18 +501,12 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
     .expect("the erasure appended; it rewrote nothing");
 
     // Still nowhere in plaintext, and the wrapped key is overwritten.
-    for needle in [NAME, ORDER, CUSTOMER, wrapped.as_str()] {
-        assert_eq!(
-            files_containing(&store, needle.as_bytes(), false),
-            Vec::<String>::new(),
-            "{needle} in the broker's store after the erasure"
-        );
-        assert_eq!(
-            files_containing(&dir, needle.as_bytes(), true),
-            Vec::<String>::new(),
-            "{needle} in a redb file after the erasure"
-        );
-    }
+    assert_nowhere(
+        &store,
+        &dir,
+        &[NAME, ORDER, CUSTOMER, wrapped.as_str()],
+        "after the erasure",
+    );
 
     // The customer comes back: a new case, a new pseudonym.
     let back = front
@@ -524,16 +522,7 @@ async fn an_erased_customer_leaves_every_proof_intact_and_no_plaintext_anywhere(
         .await
         .unwrap()
         .into_inner();
-    let back = front
-        .get_case(intake::GetCaseRequest {
-            tenant: "acme".into(),
-            case_id: back.case_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .case
-        .unwrap();
+    let back = get(&mut front, &back.case_id).await;
     assert_eq!(back.customer_id, CUSTOMER);
     assert_ne!(back.subject, subject);
     shutdown.cancel();

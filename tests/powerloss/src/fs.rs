@@ -340,6 +340,27 @@ impl LossyFs {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.powered { Ok(s) } else { Err(Errno::EIO) }
     }
+
+    /// Unlink or rmdir: removed from the backing directory at once (names
+    /// are durable in this model), and forgotten.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) {
+        let r = self.on().and_then(|mut s| {
+            let rel = s.child(parent.0, name)?;
+            remove(&s.abs(&rel))?;
+            s.unlinked(&rel);
+            Ok(())
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
 impl Filesystem for LossyFs {
@@ -422,29 +443,11 @@ impl Filesystem for LossyFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.on().and_then(|mut s| {
-            let rel = s.child(parent.0, name)?;
-            fs::remove_file(s.abs(&rel))?;
-            s.unlinked(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| fs::remove_file(p));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.on().and_then(|mut s| {
-            let rel = s.child(parent.0, name)?;
-            fs::remove_dir(s.abs(&rel))?;
-            s.unlinked(&rel);
-            Ok(())
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.remove(parent, name, reply, |p| fs::remove_dir(p));
     }
 
     fn rename(

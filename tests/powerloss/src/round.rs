@@ -103,6 +103,19 @@ pub fn payload(i: usize, len: usize) -> Bytes {
 /// Acknowledged publishes: (stream sequence, message number).
 type Acks = Arc<Mutex<Vec<(u64, usize)>>>;
 
+/// Waits for message `n`'s ack and records its stream sequence.
+async fn record_ack(
+    acks: &Acks,
+    n: usize,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+) -> Result<(), String> {
+    let a = ack.await.map_err(|e| format!("ack of {n}: {e}"))?;
+    acks.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((a.sequence, n));
+    Ok(())
+}
+
 /// Publishes messages `from, from + 1, …` (up to `until`, exclusive)
 /// with `in_flight` awaiting their acks, recording each ack, until a
 /// publish fails (the server was killed) or all were acknowledged.
@@ -121,23 +134,14 @@ async fn publish(
         }
         if pending.len() >= s.in_flight
             && let Some((n, ack)) = pending.pop_front()
+            && let Err(e) = record_ack(&acks, n, ack).await
         {
-            match ack.await {
-                Ok(a) => acks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((a.sequence, n)),
-                Err(e) => return format!("ack of {n}: {e}"),
-            }
+            return e;
         }
     }
     while let Some((n, ack)) = pending.pop_front() {
-        match ack.await {
-            Ok(a) => acks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((a.sequence, n)),
-            Err(e) => return format!("ack of {n}: {e}"),
+        if let Err(e) = record_ack(&acks, n, ack).await {
+            return e;
         }
     }
     format!("all of {from}..{until} acknowledged")
