@@ -24,6 +24,9 @@ pub enum Error {
     /// A transient failure (the case kept changing, the broker is away).
     #[error("{0}")]
     Unavailable(String),
+    /// A fault to fix, not to wait out (a wrong KEK, a damaged key).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Result alias with the crate's error.
@@ -59,5 +62,6 @@ pub fn to_status(e: Error) -> tonic::Status {
         // The one mapping of log errors, shared by every service.
         Error::Log(e) => casework_runtime::grpc::log_status(&e),
         Error::Unavailable(m) => tonic::Status::unavailable(m),
+        Error::Internal(m) => tonic::Status::internal(m),
     }
 }

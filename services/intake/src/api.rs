@@ -51,6 +51,19 @@ struct Inner {
 /// A case's customer key: who it is (pseudonym and key id) and the key.
 type CaseKeyPair = (KeyRef, Arc<DataKey>);
 
+/// What protects a case's personal data.
+#[derive(Debug)]
+enum CaseKeyState {
+    /// Nothing: written in plaintext (or the case cannot be read; the
+    /// decide-append loop reports that).
+    Plain,
+    /// The customer's key.
+    Key(CaseKeyPair),
+    /// The customer's data was erased: the case takes no new personal data
+    /// (a request without any, a bare score, still goes in).
+    Erased,
+}
+
 /// Encrypts a new event's personal fields for its case's customer.
 fn protect_event(case: &CaseKey, key: Option<&CaseKeyPair>, event_id: &str, payload: &mut Payload) {
     if let Some((kref, key)) = key {
@@ -101,16 +114,16 @@ impl IntakeApi {
 
     /// The key of an existing case's customer, when its personal data is
     /// encrypted; refused once it was erased. The caller holds the lock.
-    async fn key_of_case(&self, case: &CaseKey) -> Result<Option<CaseKeyPair>> {
+    async fn key_of_case(&self, case: &CaseKey) -> Result<CaseKeyState> {
         let i = &self.inner;
         let Some(vault) = &i.vault else {
-            return Ok(None);
+            return Ok(CaseKeyState::Plain);
         };
         // A log that cannot be read is the decide-append loop's to report
         // (it parks the case, saying why); nothing is appended without the
         // key it needs (the guard in `record`).
         let Ok(held) = i.cache.load_latest(&*i.log, case).await else {
-            return Ok(None);
+            return Ok(CaseKeyState::Plain);
         };
         let personal = held
             .state
@@ -120,15 +133,15 @@ impl IntakeApi {
             .and_then(|o| o.personal.clone());
         i.cache.put(case, held);
         let Some(p) = personal else {
-            return Ok(None);
+            return Ok(CaseKeyState::Plain);
         };
         if p.erased {
-            return Err(erased_refusal(case));
+            return Ok(CaseKeyState::Erased);
         }
         let kref = KeyRef::of(&p);
         match vault.key(case.tenant.as_str(), &kref).await? {
-            Some(key) => Ok(Some((kref, key))),
-            None => Err(erased_refusal(case)),
+            Some(key) => Ok(CaseKeyState::Key((kref, key))),
+            None => Ok(CaseKeyState::Erased),
         }
     }
 
@@ -344,9 +357,19 @@ impl IntakeApi {
         let fresh = ulid::Ulid::new().to_string();
         let mut outcome: Option<Result<RequestOutcome>> = None;
         let _lock = lock_case(crate::SERVICE, &case).await;
-        let key = self.key_of_case(&case).await?;
-        let protect =
-            |event_id: &str, p: &mut Payload| protect_event(&case, key.as_ref(), event_id, p);
+        let state = self.key_of_case(&case).await?;
+        let key = match &state {
+            CaseKeyState::Key(k) => Some(k),
+            _ => None,
+        };
+        let erased = matches!(state, CaseKeyState::Erased);
+        let personal_refused = std::sync::atomic::AtomicBool::new(false);
+        let protect = |event_id: &str, p: &mut Payload| {
+            if erased && casework_domain::personal::has_personal(p) {
+                personal_refused.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            protect_event(&case, key, event_id, p)
+        };
         let decided =
             decide_and_append(&*i.log, &i.cache, &case, &[], Rounds::Once, |view, head| {
                 let sealed_case = view
@@ -354,7 +377,7 @@ impl IntakeApi {
                     .opened
                     .as_ref()
                     .is_some_and(|o| o.personal.is_some());
-                if sealed_case && key.is_none() {
+                if sealed_case && key.is_none() && !erased {
                     // Never append a customer's words in plaintext to a case
                     // whose personal data is encrypted.
                     outcome = Some(Err(Error::Unavailable(format!(
@@ -381,6 +404,11 @@ impl IntakeApi {
                     .map(|()| RequestOutcome::Append(event))
                     .map_err(Error::FailedPrecondition),
                     other => other,
+                };
+                let decided = if personal_refused.load(std::sync::atomic::Ordering::Relaxed) {
+                    Err(erased_refusal(&case))
+                } else {
+                    decided
                 };
                 let events = match &decided {
                     Ok(RequestOutcome::Append(event)) => vec![(**event).clone()],
@@ -474,8 +502,15 @@ impl IntakeApi {
                 req.customer_id
             )));
         };
+        // The key goes first: from here on the data is unreadable, and a
+        // reader that archives the erasure events below finds the key gone.
+        // The lookup goes last, so a run that stopped part-way is repeated
+        // in full (every step is idempotent).
+        vault.destroy(tenant.as_str(), &kref).await?;
         let mut erased = std::collections::BTreeSet::new();
-        for pass in 0..2 {
+        // Twice: a case opened by another replica while this ran (with the
+        // key it still held) gets its event in the second pass.
+        for _ in 0..2 {
             // Every case of the customer is in this replica's read model
             // once it has applied the stream as it is now.
             let end = i.log.last_stream_seq().await?;
@@ -494,12 +529,10 @@ impl IntakeApi {
                     .await?;
                 erased.insert(case.case_id.to_string());
             }
-            if pass == 0 {
-                vault
-                    .destroy(tenant.as_str(), &req.customer_id, &kref)
-                    .await?;
-            }
         }
+        vault
+            .forget_customer(tenant.as_str(), &req.customer_id, &kref)
+            .await?;
         metrics::counter!("casework_customers_erased_total", "tenant" => tenant.to_string())
             .increment(1);
         tracing::info!(%tenant, subject = %kref.subject, cases = erased.len(), "customer's personal data erased");

@@ -43,6 +43,24 @@ pub fn carries_personal(payload: &Payload) -> bool {
     )
 }
 
+/// True when `payload` holds personal data in plaintext (a personal field
+/// that is not empty).
+pub fn has_personal(payload: &Payload) -> bool {
+    let mut p = payload.clone();
+    match take(&mut p) {
+        Some(Payload::CaseOpened(o)) => {
+            !o.customer_id.is_empty()
+                || !o.summary.is_empty()
+                || !o.attributes.is_empty()
+                || o.opened_by.is_some()
+        }
+        Some(Payload::InteractionRecorded(i)) => !i.summary.is_empty() || i.actor.is_some(),
+        Some(Payload::FeedbackReceived(f)) => !f.comment.is_empty(),
+        Some(Payload::CaseWithdrawn(w)) => !w.reason.is_empty() || w.actor.is_some(),
+        _ => false,
+    }
+}
+
 /// Moves the personal fields out of `payload` into a payload of the same
 /// type holding only them. `None` when the type carries no personal fields.
 pub fn take(payload: &mut Payload) -> Option<Payload> {
@@ -208,6 +226,32 @@ mod tests {
             unreachable!()
         };
         assert_eq!(pi.actor, None);
+    }
+
+    #[test]
+    fn a_payload_has_personal_data_only_when_a_personal_field_is_set() {
+        let bare = Payload::FeedbackReceived(pb::FeedbackReceived {
+            score: 2,
+            ..Default::default()
+        });
+        assert!(!has_personal(&bare));
+        let said = Payload::FeedbackReceived(pb::FeedbackReceived {
+            score: 2,
+            comment: "late".into(),
+            ..Default::default()
+        });
+        assert!(has_personal(&said));
+        let by_agent = Payload::CaseWithdrawn(pb::CaseWithdrawn {
+            actor: Some(agent()),
+            ..Default::default()
+        });
+        assert!(
+            !has_personal(&by_agent),
+            "staff are not the customer's data"
+        );
+        assert!(!has_personal(&Payload::PromiseKept(
+            pb::PromiseKept::default()
+        )));
     }
 
     #[test]

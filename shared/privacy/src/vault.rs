@@ -417,7 +417,17 @@ impl Vault {
             .map_err(|e| unavailable("erasing a key (reply)", e))?;
         match r.error {
             // Already gone (a repeated erasure).
-            Some(e) if e.get("err_code").and_then(|c| c.as_u64()) == Some(10057) => Ok(()),
+            // Already gone (a repeated erasure): the delete failed because
+            // there is no such message. Any other failure (a stream that
+            // denies deletes, an I/O error) is an error: the key may still
+            // be on disk.
+            Some(e)
+                if e.get("description")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| d.contains("no message found")) =>
+            {
+                Ok(())
+            }
             Some(e) => Err(Error::Unavailable(format!(
                 "the broker refused to erase key message {seq}: {e}"
             ))),
@@ -466,15 +476,11 @@ impl Vault {
         }
     }
 
-    /// Destroys the key `kref` names, for good: records its destruction,
-    /// overwrites the wrapped key in the store, and erases the customer's
-    /// lookup. Repeating it is harmless. Owner only.
-    pub async fn destroy(
-        &self,
-        tenant: &str,
-        customer_id: &str,
-        kref: &KeyRef,
-    ) -> Result<(), Error> {
+    /// Destroys the key `kref` names, for good: records its destruction and
+    /// overwrites the wrapped key in the store. The customer's lookup stays
+    /// until [`Vault::forget_customer`]. Repeating it is harmless. Owner
+    /// only.
+    pub async fn destroy(&self, tenant: &str, kref: &KeyRef) -> Result<(), Error> {
         self.must_own("destroy a key")?;
         let subj = key_subject(tenant, &kref.subject);
         for _ in 0..4 {
@@ -497,6 +503,20 @@ impl Vault {
             }
         }
         self.erase_keys_of(tenant, &kref.subject).await?;
+        self.forget(tenant, &kref.subject);
+        Ok(())
+    }
+
+    /// Erases the customer's lookup of the pseudonym `kref` names, once its
+    /// key is destroyed and every case records the erasure (the lookup is
+    /// what lets a repeated erasure find the customer's cases). Owner only.
+    pub async fn forget_customer(
+        &self,
+        tenant: &str,
+        customer_id: &str,
+        kref: &KeyRef,
+    ) -> Result<(), Error> {
+        self.must_own("erase a customer's lookup")?;
         // The lookups that lead to this pseudonym (not a newer one, made
         // for the customer's next case after this erasure began).
         let lookup = self.inner.kek.lookup(tenant, customer_id);
