@@ -201,18 +201,15 @@ impl FulfilmentApi {
                 case_id: &task.case_id,
                 event_id: &event_id,
             };
-            vault
-                .reveal_payload(&mut payload, at)
-                .await
-                .map_err(|e| match e {
-                    casework_privacy::Error::Unavailable(_)
-                    | casework_privacy::Error::KeyMissing { .. } => {
-                        Error::Unavailable(e.to_string())
-                    }
-                    // A wrong KEK or a damaged key is a fault to fix, not to
-                    // wait out.
-                    _ => Error::Internal(e.to_string()),
-                })?;
+            vault.reveal_payload(&mut payload, at).await.map_err(|e| {
+                // A wrong KEK or a damaged key is a fault to fix, not to
+                // wait out.
+                if e.is_transient() {
+                    Error::Unavailable(e.to_string())
+                } else {
+                    Error::Internal(e.to_string())
+                }
+            })?;
             if let pb::envelope::Payload::CaseOpened(o) = payload {
                 task.summary = o.summary;
                 task.input = o.attributes.into_iter().collect();

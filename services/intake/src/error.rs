@@ -76,10 +76,10 @@ pub fn to_status(e: Error) -> tonic::Status {
 
 impl From<casework_privacy::Error> for Error {
     fn from(e: casework_privacy::Error) -> Self {
-        match e {
-            casework_privacy::Error::Unavailable(_)
-            | casework_privacy::Error::KeyMissing { .. } => Error::Unavailable(e.to_string()),
-            _ => Error::Internal(e.to_string()),
+        if e.is_transient() {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Internal(e.to_string())
         }
     }
 }

@@ -90,11 +90,10 @@ impl LedgerApi {
 }
 
 fn privacy_error(e: casework_privacy::Error) -> Error {
-    match e {
-        casework_privacy::Error::Unavailable(_) | casework_privacy::Error::KeyMissing { .. } => {
-            Error::Unavailable(e.to_string())
-        }
-        _ => Error::Internal(e.to_string()),
+    if e.is_transient() {
+        Error::Unavailable(e.to_string())
+    } else {
+        Error::Internal(e.to_string())
     }
 }
 

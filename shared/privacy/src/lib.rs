@@ -73,3 +73,12 @@ pub enum Error {
     #[error("{0}")]
     Misuse(String),
 }
+
+impl Error {
+    /// True when waiting may help (the broker, or a replica that lags):
+    /// `UNAVAILABLE` to a caller. Anything else (a wrong KEK, damaged
+    /// data, a misuse) is a fault to fix: `INTERNAL`.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::KeyMissing { .. })
+    }
+}
